@@ -1,0 +1,44 @@
+// Builds src/, test/ and scripts/*.ts with esbuild (one output file per source
+// file, so the vCPU worker and tests load as separate modules), then type-checks
+// and emits declarations with tsc. Run by `npm run build`, `npm test`, `npm install`.
+import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, statSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+process.chdir(root);
+
+function sources(dir) {
+  let out = [];
+  let entries;
+  try { entries = readdirSync(dir); } catch { return out; }
+  for (const name of entries) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) out = out.concat(sources(path));
+    else if (name.endsWith('.ts') && !name.endsWith('.d.ts')) out.push(path);
+  }
+  return out;
+}
+
+rmSync('dist', { recursive: true, force: true });
+const entryPoints = [...sources('src'), ...sources('test'), ...sources('scripts')];
+await build({
+  entryPoints,
+  outdir: 'dist',
+  outbase: '.',
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  sourcemap: 'inline',
+  logLevel: 'warning',
+});
+if (!process.argv.includes('--no-check')) {
+  try {
+    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { stdio: 'inherit' });
+  } catch {
+    console.error('build: type errors (see above)');
+    process.exit(1);
+  }
+}
