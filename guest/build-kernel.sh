@@ -44,7 +44,7 @@ done < "$here/kernel.config"
 [ "$missing" = 0 ] || exit 1
 jobs=$(nproc)
 echo "build-kernel: compiling with $jobs jobs (about 5-10 minutes on 2 cores); progress every 200 files" >&2
-make -j"$jobs" bzImage 2>&1 | awk '/^  (CC|LD|AR|AS)/ { n++; if (n % 200 == 0) { printf "build-kernel: %d objects\n", n > "/dev/stderr" } } /error|Error/ { print > "/dev/stderr" }'
+make -j"$jobs" bzImage 2>&1 | awk '/^  (CC|LD|AR|AS)/ { n++; if (n % 200 == 0) { printf "build-kernel: %d objects\n", n > "/dev/stderr" } } / error:|\*\*\*/ { print > "/dev/stderr" }'
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "build-kernel: make failed in $work" >&2; exit 1; }
 tmp="$out.tmp.$$"
 mkdir -p "$tmp"

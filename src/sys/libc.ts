@@ -15,7 +15,8 @@ export const readv = lib.func('intptr_t readv(int fd, uintptr_t iov, int iovcnt)
 export const writev = lib.func('intptr_t writev(int fd, uintptr_t iov, int iovcnt)') as (fd: number, iov: bigint, iovcnt: number) => number;
 export const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number;
 export const fcntl = lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
-const mmapRaw = lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, intptr_t offset)') as (addr: bigint, len: number, prot: number, flags: number, fd: number, off: number) => bigint;
+// koffi returns 64-bit integers as a Number when they fit in 53 bits, else a BigInt.
+const mmapRaw = lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, intptr_t offset)') as (addr: bigint, len: number, prot: number, flags: number, fd: number, off: number) => bigint | number;
 export const munmap = lib.func('int munmap(uintptr_t addr, size_t length)') as (addr: bigint, len: number) => number;
 export const madvise = lib.func('int madvise(uintptr_t addr, size_t length, int advice)') as (addr: bigint, len: number, advice: number) => number;
 const strerrorRaw = lib.func('const char *strerror(int errnum)') as (e: number) => string;
@@ -65,7 +66,7 @@ export class SyscallError extends Error {
 }
 
 export function mmap(len: number, prot: number, flags: number, fd = -1, offset = 0): bigint {
-  const addr = mmapRaw(0n, len, prot, flags, fd, offset);
+  const addr = BigInt(mmapRaw(0n, len, prot, flags, fd, offset));
   if (addr === MAP_FAILED) throw new SyscallError('mmap', errno());
   return addr;
 }

@@ -1,0 +1,31 @@
+// The native addon (addon/), typed. Built by `npm install` (node-gyp).
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { TsvisorError } from './errors.js';
+
+export interface FdWatchHandle {
+  start(readable: boolean, writable: boolean): void;
+  stop(): void;
+  close(): void;
+}
+
+export interface NativeAddon {
+  FdWatch: new (fd: number, callback: (readable: boolean, writable: boolean, error: boolean) => void) => FdWatchHandle;
+  installKickHandler(): number;
+  kickThread(tid: number): number;
+  currentThreadId(): number;
+}
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+let cached: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (cached) return cached;
+  try {
+    cached = createRequire(import.meta.url)(join(root, 'addon/build/Release/tsvisor_addon.node')) as NativeAddon;
+  } catch (e) {
+    throw new TsvisorError(`the native addon is not built (${(e as Error).message.split('\n')[0]})`, 1, 'run npm install (it builds addon/ with node-gyp)');
+  }
+  return cached;
+}

@@ -1,0 +1,78 @@
+// What the main thread and a vCPU worker tell each other: the data a worker
+// starts with, the control words they share, and the message a worker ends with.
+import type { SerialShared } from '../devices/serial.js';
+import type { HostKind } from '../kvm/system.js';
+
+export interface VcpuWorkerData {
+  vcpuFd: number;
+  vmFd: number;
+  mmapSize: number;
+  ram: Array<{ gpa: number; size: number; hostAddress: bigint }>;
+  serial: SerialShared;
+  /** Int32 control words, see CONTROL_*. */
+  control: SharedArrayBuffer;
+  /** Rung when serial output is waiting. */
+  consoleDoorbellFd: number;
+  hostKind: HostKind;
+}
+
+// Control words (Int32Array over `control`).
+export const CONTROL_STOP = 0;       // main → worker: leave the run loop
+export const CONTROL_TID = 1;        // worker → main: its kernel thread id, for kicks
+export const CONTROL_SAMPLE = 2;     // main → worker: record RIP at the next kick
+export const CONTROL_RUNNING = 3;    // worker → main: 1 while in the run loop
+export const CONTROL_WORDS = 4;
+
+/** Why a run ended. Exit statuses are distinct per kind (see `exitStatusOf`). */
+export type ExitKind =
+  | 'reset'            // the guest rebooted (i8042 reset, reset system event)
+  | 'poweroff'         // the guest powered off
+  | 'debug-exit'       // a write to the debug-exit port
+  | 'triple-fault'     // KVM_EXIT_SHUTDOWN
+  | 'emulation-failure'// an instruction neither KVM nor tsvisor could complete
+  | 'internal-error'   // another KVM internal error, or a failed entry
+  | 'stopped'          // the VMM stopped the guest (vm.stop(), a signal)
+  | 'timeout'          // --timeout passed
+  | 'error';           // a failure inside tsvisor
+
+export interface ExitStats {
+  exitsByReason: Record<string, number>;
+  pioByPort: Record<string, number>;
+  mmioByRegion: Record<string, number>;
+  fixups: Record<string, number>;
+  unclaimedPio: number;
+  unclaimedMmio: number;
+  totalExits: number;
+  runMs: number;
+  /** Guest RIP samples (hex address → count), when sampling was on. */
+  ripSamples?: Record<string, number>;
+}
+
+export interface VcpuExitMessage {
+  type: 'exit';
+  kind: ExitKind;
+  code?: number;
+  message: string;
+  stats: ExitStats;
+}
+
+export function exitStatusOf(kind: ExitKind, code = 0): number {
+  switch (kind) {
+    case 'reset':
+    case 'poweroff':
+    case 'stopped':
+      return 0;
+    case 'debug-exit':
+      return ((code << 1) | 1) & 0xff;
+    case 'triple-fault':
+      return 3;
+    case 'emulation-failure':
+      return 4;
+    case 'internal-error':
+      return 5;
+    case 'timeout':
+      return 124;
+    case 'error':
+      return 1;
+  }
+}

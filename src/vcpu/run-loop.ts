@@ -1,0 +1,239 @@
+// The vCPU run loop: KVM_RUN, then dispatch the exit — port I/O and MMIO to
+// the bus, emulation failures to the fix-ups, the rest to the end of the run.
+// This is the exit path whose latency the product measures: it allocates
+// nothing per exit and reads exit fields straight from the mmap'd kvm_run.
+import * as abi from '../kvm/abi.js';
+import type { Vcpu } from '../kvm/vcpu.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import type { MmioBus, PioBus } from '../bus/io-bus.js';
+import { EINTR, EAGAIN } from '../sys/libc.js';
+import { completeInstruction, hex } from './fixups.js';
+import { readLinear } from './page-walk.js';
+import type { ExitKind, ExitStats } from './protocol.js';
+
+export interface RunEnd {
+  kind: ExitKind;
+  code?: number;
+  message: string;
+}
+
+export class RunLoop {
+  private readonly run: DataView;
+  private readonly runBytes: Uint8Array;
+  readonly exitCounts = new Float64Array(64);
+  readonly fixupCounts = new Map<string, number>();
+  readonly ripSamples = new Map<number, number>();
+  unclaimedPio = 0;
+  unclaimedMmio = 0;
+  private end: RunEnd | null = null;
+  private startedAt = 0;
+
+  constructor(
+    private readonly vcpu: Vcpu,
+    private readonly mem: GuestMemory,
+    private readonly pio: PioBus,
+    private readonly mmio: MmioBus,
+    private readonly control: Int32Array,
+    private readonly stopWord: number,
+    private readonly sampleWord: number,
+  ) {
+    this.run = vcpu.run;
+    this.runBytes = vcpu.runBytes;
+  }
+
+  /** Ends the run after the current exit is handled (devices call this: reset, debug-exit). */
+  finish(end: RunEnd): void {
+    if (!this.end) this.end = end;
+  }
+
+  loop(): RunEnd {
+    this.startedAt = performance.now();
+    const run = this.run;
+    const counts = this.exitCounts;
+    while (this.end === null) {
+      const r = this.vcpu.enter();
+      if (r < 0) {
+        if (r === -EINTR || r === -EAGAIN) {
+          run.setUint8(abi.RUN.immediate_exit, 0);
+          if (Atomics.load(this.control, this.sampleWord)) this.sample();
+          if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
+          continue;
+        }
+        return { kind: 'error', message: `KVM_RUN failed: errno ${-r}` };
+      }
+      const reason = run.getUint32(abi.RUN.exit_reason, true);
+      counts[reason & 63]++;
+      switch (reason) {
+        case abi.KVM_EXIT_IO:
+          this.handleIo();
+          break;
+        case abi.KVM_EXIT_MMIO:
+          this.handleMmio();
+          break;
+        case abi.KVM_EXIT_INTERNAL_ERROR:
+          this.handleInternalError();
+          break;
+        case abi.KVM_EXIT_SHUTDOWN:
+          this.finish({ kind: 'triple-fault', message: `the guest triple-faulted (KVM_EXIT_SHUTDOWN) at ${this.where()}` });
+          break;
+        case abi.KVM_EXIT_HLT:
+          this.finish({ kind: 'poweroff', message: 'the guest halted with interrupts off' });
+          break;
+        case abi.KVM_EXIT_SYSTEM_EVENT: {
+          const type = run.getUint32(abi.RUN.system_event_type, true);
+          // 1 SHUTDOWN, 2 RESET, 3 CRASH
+          if (type === 2) this.finish({ kind: 'reset', message: 'the guest reset the machine' });
+          else if (type === 1) this.finish({ kind: 'poweroff', message: 'the guest powered off' });
+          else this.finish({ kind: 'internal-error', message: `system event ${type}` });
+          break;
+        }
+        case abi.KVM_EXIT_FAIL_ENTRY:
+          this.finish({ kind: 'internal-error', message: `KVM could not enter the guest (hardware reason 0x${run.getBigUint64(abi.RUN.fail_entry_reason, true).toString(16)})` });
+          break;
+        case abi.KVM_EXIT_INTR:
+          if (Atomics.load(this.control, this.sampleWord)) this.sample();
+          if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
+          break;
+        default:
+          this.finish({ kind: 'internal-error', message: `unexpected exit ${abi.EXIT_REASON_NAMES[reason] ?? reason} at ${this.where()}` });
+      }
+    }
+    return this.end;
+  }
+
+  private handleIo(): void {
+    const run = this.run;
+    const dir = run.getUint8(abi.RUN.io_direction);
+    const size = run.getUint8(abi.RUN.io_size);
+    const port = run.getUint16(abi.RUN.io_port, true);
+    const count = run.getUint32(abi.RUN.io_count, true);
+    let off = Number(run.getBigUint64(abi.RUN.io_data_offset, true));
+    if (size !== 1 && size !== 2 && size !== 4) return;
+    if (off + size * count > this.runBytes.byteLength) return;
+    this.pio.counts[port]++;
+    const dev = this.pio.lookup(port);
+    for (let i = 0; i < count; i++, off += size) {
+      if (dir === abi.KVM_EXIT_IO_OUT) {
+        const v = size === 1 ? run.getUint8(off) : size === 2 ? run.getUint16(off, true) : run.getUint32(off, true);
+        if (dev) dev.pioWrite(port, size, v);
+        else this.unclaimedPio++;
+      } else {
+        let v = 0xffffffff;
+        if (dev) v = dev.pioRead(port, size);
+        else this.unclaimedPio++;
+        if (size === 1) run.setUint8(off, v & 0xff);
+        else if (size === 2) run.setUint16(off, v & 0xffff, true);
+        else run.setUint32(off, v >>> 0, true);
+      }
+    }
+  }
+
+  private handleMmio(): void {
+    const run = this.run;
+    const addr = Number(run.getBigUint64(abi.RUN.mmio_phys_addr, true));
+    const len = run.getUint32(abi.RUN.mmio_len, true);
+    const isWrite = run.getUint8(abi.RUN.mmio_is_write) !== 0;
+    const i = this.mmio.find(addr);
+    const d = abi.RUN.mmio_data;
+    if (i < 0) {
+      this.unclaimedMmio++;
+      if (!isWrite) for (let k = 0; k < 8; k++) run.setUint8(d + k, 0xff);
+      return;
+    }
+    this.mmio.counts[i]++;
+    const range = this.mmio.ranges[i];
+    const off = addr - range.base;
+    const dev = range.device;
+    // 8-byte accesses go to the device as two 4-byte halves, low first.
+    if (isWrite) {
+      if (len === 1) dev.mmioWrite(off, 1, run.getUint8(d));
+      else if (len === 2) dev.mmioWrite(off, 2, run.getUint16(d, true));
+      else if (len === 4) dev.mmioWrite(off, 4, run.getUint32(d, true));
+      else if (len === 8) {
+        dev.mmioWrite(off, 4, run.getUint32(d, true));
+        dev.mmioWrite(off + 4, 4, run.getUint32(d + 4, true));
+      }
+    } else {
+      if (len === 1) run.setUint8(d, dev.mmioRead(off, 1) & 0xff);
+      else if (len === 2) run.setUint16(d, dev.mmioRead(off, 2) & 0xffff, true);
+      else if (len === 4) run.setUint32(d, dev.mmioRead(off, 4) >>> 0, true);
+      else if (len === 8) {
+        run.setUint32(d, dev.mmioRead(off, 4) >>> 0, true);
+        run.setUint32(d + 4, dev.mmioRead(off + 4, 4) >>> 0, true);
+      }
+    }
+  }
+
+  /** The faulting instruction's bytes: from KVM when it supplied them, else read through the guest page tables. */
+  private instructionBytes(): Uint8Array {
+    const run = this.run;
+    const flags = run.getBigUint64(abi.RUN.emulation_flags, true);
+    const ndata = run.getUint32(abi.RUN.internal_ndata, true);
+    if (flags & BigInt(abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) && ndata >= 3) {
+      const n = Math.min(run.getUint8(abi.RUN.emulation_insn_size), 15);
+      if (n > 0) return this.runBytes.slice(abi.RUN.emulation_insn_bytes, abi.RUN.emulation_insn_bytes + n);
+    }
+    const regs = this.vcpu.getRegs();
+    const sregs = this.vcpu.getSregs();
+    return readLinear(this.mem, sregs, sregs.cs.base + regs.rip, 15);
+  }
+
+  private handleInternalError(): void {
+    const run = this.run;
+    const suberror = run.getUint32(abi.RUN.internal_suberror, true);
+    if (suberror !== abi.KVM_INTERNAL_ERROR_EMULATION) {
+      this.finish({ kind: 'internal-error', message: `KVM internal error, suberror ${suberror}, at ${this.where()}` });
+      return;
+    }
+    const bytes = this.instructionBytes();
+    const result = completeInstruction(bytes, this.vcpu, this.mem);
+    if ('refused' in result) {
+      this.finish({ kind: 'emulation-failure', message: `KVM could not emulate the instruction [${hex(bytes)}] at ${this.where()}, and ${result.refused}` });
+      return;
+    }
+    this.fixupCounts.set(result.done, (this.fixupCounts.get(result.done) ?? 0) + 1);
+  }
+
+  private sample(): void {
+    Atomics.store(this.control, this.sampleWord, 0);
+    const rip = Number(this.vcpu.getRegs().rip & 0xffffffffffffn);
+    this.ripSamples.set(rip, (this.ripSamples.get(rip) ?? 0) + 1);
+  }
+
+  /** RIP and the general registers, for error messages. */
+  private where(): string {
+    try {
+      const r = this.vcpu.getRegs();
+      const s = this.vcpu.getSregs();
+      const h = (v: bigint) => '0x' + v.toString(16);
+      return `rip=${h(r.rip)} rsp=${h(r.rsp)} rax=${h(r.rax)} rbx=${h(r.rbx)} rcx=${h(r.rcx)} rdx=${h(r.rdx)} rsi=${h(r.rsi)} rdi=${h(r.rdi)} rflags=${h(r.rflags)} cr0=${h(s.cr0)} cr3=${h(s.cr3)} cr4=${h(s.cr4)} efer=${h(s.efer)} cs=${h(BigInt(s.cs.selector))}`;
+    } catch {
+      return 'an unknown RIP';
+    }
+  }
+
+  stats(pioNames: (port: number) => string, mmioNames: string[]): ExitStats {
+    const exitsByReason: Record<string, number> = {};
+    let total = 0;
+    this.exitCounts.forEach((n, r) => {
+      if (n > 0) { exitsByReason[abi.EXIT_REASON_NAMES[r] ?? String(r)] = n; total += n; }
+    });
+    const pioByPort: Record<string, number> = {};
+    this.pio.counts.forEach((n, p) => {
+      if (n > 0) pioByPort[`0x${p.toString(16)} ${pioNames(p)}`] = n;
+    });
+    const mmioByRegion: Record<string, number> = {};
+    mmioNames.forEach((name, i) => {
+      if (this.mmio.counts[i] > 0) mmioByRegion[name] = this.mmio.counts[i];
+    });
+    const ripSamples: Record<string, number> = {};
+    for (const [rip, n] of this.ripSamples) ripSamples['0x' + rip.toString(16)] = n;
+    return {
+      exitsByReason, pioByPort, mmioByRegion,
+      fixups: Object.fromEntries(this.fixupCounts),
+      unclaimedPio: this.unclaimedPio, unclaimedMmio: this.unclaimedMmio,
+      totalExits: total, runMs: performance.now() - this.startedAt,
+      ripSamples: this.ripSamples.size ? ripSamples : undefined,
+    };
+  }
+}

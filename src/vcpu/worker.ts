@@ -1,0 +1,59 @@
+// Entry point of a vCPU worker_thread: rebuilds guest memory and the vCPU from
+// what the main thread passed, puts the devices whose exits are handled on
+// this thread on the bus, runs the loop, and reports how the run ended.
+import { parentPort, workerData } from 'node:worker_threads';
+import * as libc from '../sys/libc.js';
+import { native } from '../native.js';
+import { Vcpu } from '../kvm/vcpu.js';
+import { VmHandle } from '../kvm/vm.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { MmioBus, PioBus } from '../bus/io-bus.js';
+import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
+import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
+import { DoorbellRinger } from '../loop/doorbell.js';
+import { RunLoop } from './run-loop.js';
+import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
+
+const data = workerData as VcpuWorkerData;
+const control = new Int32Array(data.control);
+Atomics.store(control, CONTROL_TID, native().currentThreadId());
+
+const mem = new GuestMemory(data.ram.map((r) => ({ gpa: r.gpa, hostAddress: r.hostAddress, bytes: new Uint8Array(libc.view(r.hostAddress, r.size)) })));
+const vcpu = new Vcpu(data.vcpuFd, data.mmapSize);
+const vm = new VmHandle(data.vmFd);
+const pio = new PioBus();
+const mmio = new MmioBus();
+
+let loop: RunLoop;
+const onEvent = (e: MachineEvent) => {
+  if (e.kind === 'reset') loop.finish({ kind: 'reset', message: 'the guest reset the machine' });
+  else loop.finish({ kind: 'debug-exit', code: e.code, message: `the guest wrote 0x${e.code.toString(16)} to the debug-exit port` });
+};
+
+const consoleBell = new DoorbellRinger(data.consoleDoorbellFd);
+const serial = new Serial16550(
+  data.serial,
+  (level) => vm.irqLine(COM1_IRQ, level),
+  // Ring only when this byte made the ring non-empty: the reader drains all of it.
+  () => { if (serial.tx.length === 1) consoleBell.ring(); },
+);
+pio.register(serial, COM1_BASE, 8);
+const i8042 = new I8042(onEvent);
+pio.register(i8042, 0x60, 1);
+pio.register(i8042, 0x64, 1);
+pio.register(new DebugExit(onEvent), 0xf4, 1);
+pio.register(new Sink('post'), 0x80, 1);
+
+loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE);
+Atomics.store(control, CONTROL_RUNNING, 1);
+let message: VcpuExitMessage;
+try {
+  const end = loop.loop();
+  message = { type: 'exit', ...end, stats: loop.stats((p) => pio.lookup(p)?.name ?? 'unclaimed', mmio.ranges.map((r) => r.device.name)) };
+} catch (e) {
+  message = { type: 'exit', kind: 'error', message: `vCPU thread failed: ${(e as Error).stack ?? e}`, stats: loop.stats(() => '', []) };
+}
+Atomics.store(control, CONTROL_RUNNING, 0);
+// Flush any console bytes the reader has not seen yet.
+consoleBell.ring();
+parentPort!.postMessage(message);

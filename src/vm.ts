@@ -1,0 +1,267 @@
+// A virtual machine, as users and tests drive it: `Vm.boot()` builds the
+// machine (KVM VM, RAM, irqchip, kernel loaded per its format, devices), runs
+// its vCPU on a worker thread, and exposes the console, the exit and stop().
+import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import * as libc from './sys/libc.js';
+import { native } from './native.js';
+import { TsvisorError } from './errors.js';
+import { Kvm, type HostKind } from './kvm/system.js';
+import { KvmVm } from './kvm/vm.js';
+import { Vcpu } from './kvm/vcpu.js';
+import * as abi from './kvm/abi.js';
+import { vcpuCpuid } from './kvm/cpuid.js';
+import { GuestMemory } from './memory/guest-memory.js';
+import { GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, ramRegions } from './boot/layout.js';
+import { findMultibootHeader, loadMultiboot } from './boot/multiboot.js';
+import { loadLinux, parseLinuxKernel } from './boot/linux.js';
+import { defaultHostParams } from './boot/host-params.js';
+import type { BootCpuState } from './boot/cpu-state.js';
+import { createSerialShared, Serial16550 } from './devices/serial.js';
+import { Doorbell } from './loop/doorbell.js';
+import { GuestConsole } from './console.js';
+import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
+
+export interface BootOptions {
+  /** Path to a bzImage, vmlinux or multiboot image, or its bytes. */
+  kernel: string | Uint8Array;
+  /** Path to an initramfs, or its bytes. */
+  initrd?: string | Uint8Array | null;
+  /** The kernel command line (host parameters are appended, see `hostParams`). */
+  cmdline?: string;
+  /** Guest RAM in MiB (default 256). */
+  memMiB?: number;
+  /** Parameters appended for this host kind; default: `defaultHostParams` (none on hardware KVM). */
+  hostParams?: string[];
+  /** Wall-clock limit; the run ends with kind 'timeout' after it. */
+  timeoutMs?: number;
+  /** Sample guest RIP every N ms (boot profiling); results in `stats.ripSamples`. */
+  sampleRipMs?: number;
+  /** Device file, default /dev/kvm. */
+  kvmPath?: string;
+}
+
+export interface VmExit {
+  /** Process exit status the CLI uses: 0 for a guest reset/poweroff. */
+  status: number;
+  kind: ExitKind;
+  code?: number;
+  reason: string;
+  stats: ExitStats;
+}
+
+export interface BootInfo {
+  format: 'bzImage' | 'vmlinux' | 'multiboot';
+  compression?: string;
+  cmdline: string;
+  hostKind: HostKind;
+  hostParams: string[];
+  memMiB: number;
+}
+
+const MIN_MEM_MIB = 8;
+
+function readInput(what: string, value: string | Uint8Array): Uint8Array {
+  if (typeof value !== 'string') return value;
+  try {
+    return readFileSync(value);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new TsvisorError(`${what} ${value} does not exist`, 2, `check the --${what} path`);
+    if (code === 'EACCES') throw new TsvisorError(`${what} ${value} is not readable`, 2, 'check its permissions');
+    if (code === 'EISDIR') throw new TsvisorError(`${what} ${value} is a directory`, 2, `pass the ${what} file itself`);
+    throw new TsvisorError(`cannot read ${what} ${value}: ${(e as Error).message}`, 2);
+  }
+}
+
+export class Vm {
+  readonly console: GuestConsole;
+  readonly exited: Promise<VmExit>;
+  readonly info: BootInfo;
+  private readonly worker: Worker;
+  private readonly control: Int32Array;
+  private readonly runPage: DataView;
+  private finished = false;
+  private timers: NodeJS.Timeout[] = [];
+
+  private constructor(
+    private readonly kvm: Kvm,
+    private readonly kvmVm: KvmVm,
+    private readonly vcpuFd: number,
+    private readonly ram: { address: bigint; size: number },
+    workerData: VcpuWorkerData,
+    serial: Serial16550,
+    private readonly consoleBell: Doorbell,
+    info: BootInfo,
+    opts: BootOptions,
+  ) {
+    this.info = info;
+    this.control = new Int32Array(workerData.control);
+    this.runPage = new DataView(libc.view(libc.mmap(workerData.mmapSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, vcpuFd, 0), workerData.mmapSize));
+    this.console = new GuestConsole((bytes) => {
+      let off = 0;
+      off += serial.receive(bytes);
+      // Input beyond the UART's buffer waits for the guest to read.
+      if (off < bytes.length) setTimeout(() => this.console.write(bytes.subarray(off)), 10);
+    });
+    const drain = () => this.console.feed(serial.tx.drain());
+    consoleBell.onRing = drain;
+    this.worker = new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData });
+    native().installKickHandler();
+    this.exited = new Promise<VmExit>((resolve) => {
+      const done = (m: VcpuExitMessage) => {
+        if (this.finished) return;
+        this.finished = true;
+        drain();
+        for (const t of this.timers) clearTimeout(t);
+        this.console.end(m.message);
+        this.release();
+        resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats });
+      };
+      this.worker.on('message', (m: VcpuExitMessage) => {
+        if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: this.pendingMessage };
+        done(m);
+      });
+      this.worker.on('error', (e) => done({ type: 'exit', kind: 'error', message: `vCPU thread crashed: ${e.stack ?? e}`, stats: emptyStats() }));
+      this.worker.on('exit', () => done({ type: 'exit', kind: 'error', message: 'vCPU thread ended without reporting', stats: emptyStats() }));
+    });
+    if (opts.timeoutMs) {
+      const t = setTimeout(() => this.requestStop('timeout', `no exit within ${opts.timeoutMs} ms (--timeout)`), opts.timeoutMs);
+      this.timers.push(t);
+    }
+    if (opts.sampleRipMs) {
+      const t = setInterval(() => {
+        Atomics.store(this.control, CONTROL_SAMPLE, 1);
+        this.kick();
+      }, opts.sampleRipMs);
+      this.timers.push(t);
+    }
+  }
+
+  private pendingKind: ExitKind | undefined;
+  private pendingMessage = '';
+
+  static async boot(opts: BootOptions): Promise<Vm> {
+    const memMiB = opts.memMiB ?? 256;
+    if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) throw new TsvisorError(`--mem ${memMiB} is too small`, 2, `give at least ${MIN_MEM_MIB} MiB`);
+    const memBytes = memMiB * MiB;
+    const kernelBytes = readInput('kernel', opts.kernel);
+    const initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
+    const kernelName = typeof opts.kernel === 'string' ? opts.kernel : 'kernel';
+
+    const kvm = new Kvm(opts.kvmPath);
+    try {
+      kvm.requireExtensions({
+        KVM_CAP_IRQCHIP: abi.KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY: abi.KVM_CAP_USER_MEMORY, KVM_CAP_SET_TSS_ADDR: abi.KVM_CAP_SET_TSS_ADDR,
+        KVM_CAP_EXT_CPUID: abi.KVM_CAP_EXT_CPUID, KVM_CAP_PIT2: abi.KVM_CAP_PIT2, KVM_CAP_VCPU_EVENTS: abi.KVM_CAP_VCPU_EVENTS,
+        KVM_CAP_IMMEDIATE_EXIT: abi.KVM_CAP_IMMEDIATE_EXIT,
+      });
+    } catch (e) {
+      kvm.close();
+      throw e;
+    }
+    const vm = new KvmVm(kvm);
+    // Guest RAM: one anonymous shared mapping, registered in slots of at most 2 GiB
+    // so that each has a JavaScript view.
+    let ramAddress: bigint;
+    try {
+      ramAddress = libc.mmap(memBytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE);
+    } catch (e) {
+      throw new TsvisorError(`cannot allocate ${memMiB} MiB of guest RAM: ${(e as Error).message}`, 2, 'lower --mem');
+    }
+    const ram: VcpuWorkerData['ram'] = [];
+    let hostOff = 0;
+    for (const r of ramRegions(memBytes)) {
+      for (let off = 0; off < r.size; off += 2 * GiB) {
+        const size = Math.min(2 * GiB, r.size - off);
+        const hostAddress = ramAddress + BigInt(hostOff);
+        vm.setUserMemoryRegion(r.gpa + off, size, hostAddress);
+        ram.push({ gpa: r.gpa + off, size, hostAddress });
+        hostOff += size;
+      }
+    }
+    const mem = new GuestMemory(ram.map((r) => ({ gpa: r.gpa, hostAddress: r.hostAddress, bytes: new Uint8Array(libc.view(r.hostAddress, r.size)) })));
+    vm.setTssAddr(KVM_TSS_ADDR);
+    vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
+    vm.createIrqchip();
+    vm.createPit2();
+
+    const vcpuFd = vm.createVcpuFd(0);
+    const mmapSize = kvm.vcpuMmapSize();
+    const vcpu = new Vcpu(vcpuFd, mmapSize);
+    const tscKhz = Math.max(0, libc.ioctl(vcpuFd, abi.KVM_GET_TSC_KHZ, 0));
+
+    // Load the kernel by what it is.
+    let cpu: BootCpuState;
+    let info: BootInfo;
+    const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
+    const mb = findMultibootHeader(kernelBytes);
+    if (mb) {
+      const cmdline = opts.cmdline ?? '';
+      cpu = loadMultiboot(mem, memBytes, kernelBytes, mb, cmdline, kernelName);
+      info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB };
+    } else {
+      const kernel = parseLinuxKernel(kernelBytes, kernelName);
+      const cmdline = [opts.cmdline ?? '', ...hostParams].filter((s) => s.length > 0).join(' ');
+      cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
+      info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB };
+    }
+
+    vcpu.setCpuid(vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind));
+    vcpu.setupLapicLints();
+    vcpu.setSregs(cpu.sregs);
+    vcpu.setRegs(cpu.regs);
+
+    const serialShared = createSerialShared();
+    // The main thread's view of the UART raises the receive interrupt for typed input.
+    const serial = new Serial16550(serialShared, (level) => vm.irqLine(4, level));
+    const bell = new Doorbell();
+    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
+    const data: VcpuWorkerData = {
+      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: bell.fd, hostKind: kvm.hostKind,
+    };
+    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, bell, info, opts);
+  }
+
+  private kick(): void {
+    const tid = Atomics.load(this.control, CONTROL_TID);
+    if (tid <= 0 || this.finished) return;
+    this.runPage.setUint8(abi.RUN.immediate_exit, 1);
+    native().kickThread(tid);
+  }
+
+  private requestStop(kind: ExitKind, message: string): void {
+    if (this.finished) return;
+    if (!this.pendingKind) {
+      this.pendingKind = kind;
+      this.pendingMessage = message;
+    }
+    Atomics.store(this.control, CONTROL_STOP, 1);
+    // Kick until the worker leaves the loop (a kick can land before it enters KVM_RUN).
+    const tryKick = () => {
+      if (this.finished) return;
+      this.kick();
+      if (Atomics.load(this.control, CONTROL_RUNNING) !== 0 || Atomics.load(this.control, CONTROL_TID) === 0) this.timers.push(setTimeout(tryKick, 20));
+    };
+    tryKick();
+  }
+
+  /** Stops the guest and releases everything; resolves with the exit. */
+  async stop(): Promise<VmExit> {
+    this.requestStop('stopped', 'stopped by the VMM');
+    return this.exited;
+  }
+
+  private release(): void {
+    void this.worker.terminate();
+    this.consoleBell.close();
+    libc.close(this.vcpuFd);
+    this.kvmVm.close();
+    this.kvm.close();
+    libc.munmap(this.ram.address, this.ram.size);
+  }
+}
+
+function emptyStats(): ExitStats {
+  return { exitsByReason: {}, pioByPort: {}, mmioByRegion: {}, fixups: {}, unclaimedPio: 0, unclaimedMmio: 0, totalExits: 0, runMs: 0 };
+}
