@@ -3,15 +3,10 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { TsvisorError } from './errors.js';
-
-export interface FdWatchHandle {
-  start(readable: boolean, writable: boolean): void;
-  stop(): void;
-  close(): void;
-}
+import type { FdWatchClass } from './loop/addon.js';
 
 export interface NativeAddon {
-  FdWatch: new (fd: number, callback: (readable: boolean, writable: boolean, error: boolean) => void) => FdWatchHandle;
+  FdWatch: FdWatchClass;
   installKickHandler(): number;
   kickThread(tid: number): number;
   currentThreadId(): number;

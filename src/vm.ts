@@ -18,7 +18,7 @@ import { loadLinux, parseLinuxKernel } from './boot/linux.js';
 import { defaultHostParams } from './boot/host-params.js';
 import type { BootCpuState } from './boot/cpu-state.js';
 import { createSerialShared, Serial16550 } from './devices/serial.js';
-import { Doorbell } from './loop/doorbell.js';
+import { MainLoop } from './loop/main-loop.js';
 import { GuestConsole } from './console.js';
 import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
 
@@ -91,7 +91,7 @@ export class Vm {
     private readonly ram: { address: bigint; size: number },
     workerData: VcpuWorkerData,
     serial: Serial16550,
-    private readonly consoleBell: Doorbell,
+    private readonly loop: MainLoop,
     info: BootInfo,
     opts: BootOptions,
   ) {
@@ -105,7 +105,9 @@ export class Vm {
       if (off < bytes.length) setTimeout(() => this.console.write(bytes.subarray(off)), 10);
     });
     const drain = () => this.console.feed(serial.tx.drain());
-    consoleBell.onRing = drain;
+    // Serial output wakes the main loop through a doorbell the vCPU rings; a bottom half drains it.
+    const consoleBell = loop.newDoorbell('console', loop.newBh('console', drain));
+    workerData.consoleDoorbellFd = consoleBell.fd;
     this.worker = new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData });
     native().installKickHandler();
     this.exited = new Promise<VmExit>((resolve) => {
@@ -215,12 +217,12 @@ export class Vm {
     const serialShared = createSerialShared();
     // The main thread's view of the UART raises the receive interrupt for typed input.
     const serial = new Serial16550(serialShared, (level) => vm.irqLine(4, level));
-    const bell = new Doorbell();
+    const loop = new MainLoop();
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     const data: VcpuWorkerData = {
-      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: bell.fd, hostKind: kvm.hostKind,
+      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind,
     };
-    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, bell, info, opts);
+    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts);
   }
 
   private kick(): void {
@@ -254,7 +256,7 @@ export class Vm {
 
   private release(): void {
     void this.worker.terminate();
-    this.consoleBell.close();
+    this.loop.close();
     libc.close(this.vcpuFd);
     this.kvmVm.close();
     this.kvm.close();

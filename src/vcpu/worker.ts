@@ -10,7 +10,7 @@ import { GuestMemory } from '../memory/guest-memory.js';
 import { MmioBus, PioBus } from '../bus/io-bus.js';
 import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
-import { DoorbellRinger } from '../loop/doorbell.js';
+import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
 
