@@ -22,7 +22,7 @@ export class RunLoop {
   private readonly runBytes: Uint8Array;
   readonly exitCounts = new Float64Array(64);
   readonly fixupCounts = new Map<string, number>();
-  readonly ripSamples = new Map<number, number>();
+  readonly ripSamples = new Map<bigint, number>();
   unclaimedPio = 0;
   unclaimedMmio = 0;
   private end: RunEnd | null = null;
@@ -196,7 +196,7 @@ export class RunLoop {
 
   private sample(): void {
     Atomics.store(this.control, this.sampleWord, 0);
-    const rip = Number(this.vcpu.getRegs().rip & 0xffffffffffffn);
+    const rip = this.vcpu.getRegs().rip;
     this.ripSamples.set(rip, (this.ripSamples.get(rip) ?? 0) + 1);
   }
 

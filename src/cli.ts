@@ -1,0 +1,202 @@
+// The tsvisor command line: `tsvisor run` boots a guest on the terminal.
+// User mistakes end with one line naming the problem and the fix (status 2
+// for usage, 1 for runtime failures); a guest's own end gives its status.
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { TsvisorError, usageError } from './errors.js';
+import { Vm, type BootOptions, type VmExit } from './vm.js';
+import { defaultGuestPaths, DEFAULT_GUEST_MISSING } from './guest/default-guest.js';
+import { formatStats, topSymbols } from './stats.js';
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const MAIN_HELP = `tsvisor ${VERSION} — a KVM hypervisor in TypeScript
+
+Usage:
+  tsvisor run [options]     boot a guest with its serial console on this terminal
+  tsvisor --help            this text
+  tsvisor run --help        the options of run
+  tsvisor --version
+
+Without --kernel, run boots the default guest (build it with: npm run guest).`;
+
+const RUN_HELP = `Usage: tsvisor run [options]
+
+Boots a guest: any x86-64 Linux kernel (bzImage or vmlinux, with an initramfs),
+or a multiboot image. The guest's serial console (COM1) is this terminal;
+type Ctrl-A then x to stop the guest. The guest rebooting or powering off ends
+tsvisor with status 0.
+
+Options:
+  --kernel FILE         bzImage, uncompressed vmlinux ELF, or multiboot image
+                        (default: the default guest's kernel)
+  --initrd FILE         initramfs (default: the default guest's, when --kernel is not given)
+  --append "ARGS"       kernel command line (default for the default guest:
+                        "console=ttyS0 panic=-1")
+  --mem MIB             guest RAM in MiB (default 256)
+  --timeout SECONDS     stop the guest after this long (exit status 124)
+  --host-params "ARGS"  kernel parameters appended for this host, replacing the
+                        defaults (on kvm_pvm these avoid instructions its emulator
+                        lacks; on hardware KVM there are none); "" for none
+  --stats               print VM exit statistics when the guest ends
+  --profile MS          sample the guest's RIP every MS milliseconds and print the
+                        hottest symbols at the end (needs --system-map for names)
+  --system-map FILE     System.map for --profile (default: the default guest's)
+  --verbose             print how the guest is booted (format, command line, host)
+  -h, --help            this text
+
+Exit status: 0 guest reset or power-off; (v<<1)|1 for a debug-exit write of v;
+2 usage error; 1 runtime error; 3 triple fault; 4 unsupported instruction;
+5 KVM internal error; 124 timeout; 128+N killed by signal N.`;
+
+const RUN_OPTIONS = {
+  kernel: { type: 'string' },
+  initrd: { type: 'string' },
+  append: { type: 'string' },
+  mem: { type: 'string' },
+  timeout: { type: 'string' },
+  'host-params': { type: 'string' },
+  stats: { type: 'boolean' },
+  profile: { type: 'string' },
+  'system-map': { type: 'string' },
+  verbose: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function positiveInt(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) <= 0) throw usageError(`--${name} ${value} is not a positive whole number`, `for example --${name} ${fallback}`);
+  return Number(value);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    return await dispatch(argv);
+  } catch (e) {
+    if (e instanceof TsvisorError) {
+      process.stderr.write(`tsvisor: ${e.line}\n`);
+      return e.exitCode;
+    }
+    process.stderr.write(`tsvisor: internal error: ${(e as Error).stack ?? e}\n`);
+    return 1;
+  }
+}
+
+async function dispatch(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(MAIN_HELP + '\n');
+    return command === undefined ? 2 : 0;
+  }
+  if (command === '--version' || command === '-v') {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  if (command !== 'run') throw usageError(`unknown command "${command}"`, 'see tsvisor --help');
+  return run(rest);
+}
+
+async function run(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false }));
+  } catch (e) {
+    throw usageError((e as Error).message.replace(/\.$/, ''), 'see tsvisor run --help');
+  }
+  if (values.help) {
+    process.stdout.write(RUN_HELP + '\n');
+    return 0;
+  }
+  const memMiB = positiveInt('mem', values.mem, 256);
+  const timeoutS = values.timeout === undefined ? undefined : positiveInt('timeout', values.timeout, 60);
+  const profileMs = values.profile === undefined ? undefined : positiveInt('profile', values.profile, 50);
+
+  let kernel = values.kernel;
+  let initrd = values.initrd;
+  let cmdline = values.append;
+  let systemMap = values['system-map'];
+  if (kernel === undefined) {
+    const guest = defaultGuestPaths();
+    if (!guest) throw new TsvisorError(DEFAULT_GUEST_MISSING, 1, 'it builds the kernel and initramfs from Debian packages, about 10 minutes the first time');
+    kernel = guest.kernel;
+    initrd ??= guest.initrd;
+    cmdline ??= 'console=ttyS0 panic=-1';
+    systemMap ??= guest.systemMap;
+  }
+  const opts: BootOptions = {
+    kernel,
+    initrd: initrd ?? null,
+    cmdline: cmdline ?? '',
+    memMiB,
+    timeoutMs: timeoutS === undefined ? undefined : timeoutS * 1000,
+    sampleRipMs: profileMs,
+    hostParams: values['host-params'] === undefined ? undefined : values['host-params'].split(/\s+/).filter(Boolean),
+  };
+
+  const vm = await Vm.boot(opts);
+  if (values.verbose) {
+    const i = vm.info;
+    process.stderr.write(`tsvisor: ${i.format}${i.compression ? ` (${i.compression} payload, decompressed on the host)` : ''}, ${i.memMiB} MiB, host ${i.hostKind}\n`);
+    process.stderr.write(`tsvisor: command line: ${i.cmdline}\n`);
+    if (i.hostParams.length) process.stderr.write(`tsvisor: host parameters (--host-params to change): ${i.hostParams.join(' ')}\n`);
+  }
+  const restoreTerminal = attachTerminal(vm);
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = sig;
+    void vm.stop();
+  };
+  let signalled: NodeJS.Signals | undefined;
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let exit: VmExit;
+  try {
+    exit = await vm.exited;
+  } finally {
+    restoreTerminal();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  if (exit.kind !== 'reset' && exit.kind !== 'poweroff' && exit.kind !== 'debug-exit' && exit.kind !== 'stopped') {
+    process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
+  } else if (values.verbose) {
+    process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
+  }
+  if (values.stats) process.stderr.write(formatStats(exit.stats));
+  if (profileMs && exit.stats.ripSamples) process.stderr.write(topSymbols(exit.stats.ripSamples, systemMap));
+  if (signalled) return 128 + (signalled === 'SIGINT' ? 2 : 15);
+  return exit.status;
+}
+
+/** Raw terminal in, console out; Ctrl-A x stops the guest. Returns the undo. */
+function attachTerminal(vm: Vm): () => void {
+  const onData = (b: Buffer) => process.stdout.write(b);
+  vm.console.on('data', onData);
+  const stdin = process.stdin;
+  const tty = stdin.isTTY === true;
+  let escape = false;
+  const onInput = (b: Buffer) => {
+    for (let i = 0; i < b.length; i++) {
+      if (escape) {
+        escape = false;
+        if (b[i] === 0x78 /* x */) {
+          void vm.stop();
+          return;
+        }
+        if (b[i] !== 0x01) vm.console.write(Uint8Array.of(0x01));
+      } else if (b[i] === 0x01 && tty) {
+        escape = true;
+        continue;
+      }
+      vm.console.write(b.subarray(i, i + 1));
+    }
+  };
+  if (tty) stdin.setRawMode(true);
+  stdin.on('data', onInput);
+  stdin.resume();
+  return () => {
+    vm.console.off('data', onData);
+    stdin.off('data', onInput);
+    if (tty) stdin.setRawMode(false);
+    stdin.pause();
+  };
+}

@@ -1,0 +1,51 @@
+// Rendering a run's exit statistics (--stats) and RIP samples (--profile).
+import { readFileSync } from 'node:fs';
+import type { ExitStats } from './vcpu/protocol.js';
+
+function table(title: string, rows: Record<string, number>): string {
+  const entries = Object.entries(rows).sort((a, b) => b[1] - a[1]);
+  if (entries.length === 0) return '';
+  return `${title}\n` + entries.map(([k, v]) => `  ${String(v).padStart(10)}  ${k}`).join('\n') + '\n';
+}
+
+export function formatStats(s: ExitStats): string {
+  return [
+    `\n--- tsvisor exit statistics: ${s.totalExits} exits in ${(s.runMs / 1000).toFixed(2)} s ---\n`,
+    table('exits by reason:', s.exitsByReason),
+    table('I/O exits by port:', s.pioByPort),
+    table('MMIO exits by region:', s.mmioByRegion),
+    table('instructions completed by tsvisor:', s.fixups),
+    `unclaimed accesses: ${s.unclaimedPio} port, ${s.unclaimedMmio} MMIO\n`,
+  ].join('');
+}
+
+/** Resolves RIP samples with a System.map and lists the hottest symbols. */
+export function topSymbols(samples: Record<string, number>, systemMap?: string, count = 25): string {
+  let syms: Array<[bigint, string]> = [];
+  if (systemMap) {
+    try {
+      for (const line of readFileSync(systemMap, 'utf8').split('\n')) {
+        const [addr, type, name] = line.split(' ');
+        if (name && /^[tTwW]$/.test(type)) syms.push([BigInt('0x' + addr), name]);
+      }
+    } catch {
+      syms = [];
+    }
+    syms.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  }
+  const byName = new Map<string, number>();
+  let total = 0;
+  for (const [hex, n] of Object.entries(samples)) {
+    const rip = BigInt(hex);
+    let lo = 0, hi = syms.length - 1, found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (syms[mid][0] <= rip) { found = mid; lo = mid + 1; } else hi = mid - 1;
+    }
+    const name = found >= 0 && rip - syms[found][0] < 0x100000n ? syms[found][1] : hex;
+    byName.set(name, (byName.get(name) ?? 0) + n);
+    total += n;
+  }
+  const rows = [...byName.entries()].sort((a, b) => b[1] - a[1]).slice(0, count);
+  return `\n--- guest RIP profile: ${total} samples ---\n` + rows.map(([n, c]) => `  ${((100 * c) / total).toFixed(1).padStart(5)}%  ${n}`).join('\n') + '\n';
+}
