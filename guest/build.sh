@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the default guest: the kernel (guest/build-kernel.sh, cached) and an
+# uncompressed initramfs of busybox-static + guest/init, into
+# <cache>/default-guest/{vmlinux,bzImage,System.map,initramfs.cpio}, where
+# tsvisor finds it (src/guest/default-guest.ts). Prints that directory.
+# Run by `npm run guest`.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+busybox=${BUSYBOX:-/bin/busybox}
+if [ ! -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
+  echo "guest: $busybox is missing or not static; install it with: apt-get install busybox-static" >&2
+  exit 1
+fi
+kernel=$(bash "$here/build-kernel.sh")
+cache=${TSVISOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tsvisor}
+out="$cache/default-guest"
+if [ ! -f "$root/dist/scripts/build-initramfs.js" ]; then
+  (cd "$root" && node scripts/build.js --no-check)
+fi
+mkdir -p "$out"
+node "$root/dist/scripts/build-initramfs.js" --busybox "$busybox" --init "$here/init" --out "$out/initramfs.cpio"
+for f in vmlinux bzImage System.map; do
+  ln -f "$kernel/$f" "$out/$f" 2>/dev/null || cp -f "$kernel/$f" "$out/$f"
+done
+cp -f "$kernel/.config" "$out/config"
+echo "guest: kernel $(stat -c %s "$out/vmlinux") bytes vmlinux, $(stat -c %s "$out/bzImage") bytes bzImage; initramfs $(stat -c %s "$out/initramfs.cpio") bytes" >&2
+echo "$out"
