@@ -2,7 +2,7 @@
 // User mistakes end with one line naming the problem and the fix (status 2
 // for usage, 1 for runtime failures); a guest's own end gives its status.
 import { parseArgs } from 'node:util';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { TsvisorError, usageError } from './errors.js';
 import { Vm, type BootOptions, type VmExit } from './vm.js';
 import { defaultGuestPaths, DEFAULT_GUEST_MISSING } from './guest/default-guest.js';
@@ -39,6 +39,7 @@ Options:
                         defaults (on kvm_pvm these avoid instructions its emulator
                         lacks; on hardware KVM there are none); "" for none
   --stats               print VM exit statistics when the guest ends
+  --stats-json FILE     write the exit, its reason and the statistics as JSON
   --profile MS          sample the guest's RIP every MS milliseconds and print the
                         hottest symbols at the end (needs --system-map for names)
   --system-map FILE     System.map for --profile (default: the default guest's)
@@ -57,6 +58,7 @@ const RUN_OPTIONS = {
   timeout: { type: 'string' },
   'host-params': { type: 'string' },
   stats: { type: 'boolean' },
+  'stats-json': { type: 'string' },
   profile: { type: 'string' },
   'system-map': { type: 'string' },
   verbose: { type: 'boolean' },
@@ -162,6 +164,7 @@ async function run(argv: string[]): Promise<number> {
     process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
   }
   if (values.stats) process.stderr.write(formatStats(exit.stats));
+  if (values['stats-json']) writeFileSync(values['stats-json'], JSON.stringify({ status: exit.status, kind: exit.kind, reason: exit.reason, stats: exit.stats }, null, 2));
   if (profileMs && exit.stats.ripSamples) process.stderr.write(topSymbols(exit.stats.ripSamples, systemMap));
   if (signalled) return 128 + (signalled === 'SIGINT' ? 2 : 15);
   return exit.status;
