@@ -15,7 +15,7 @@ void fw_alloc_init(void)
   limit = top > ALLOC_CAP ? ALLOC_CAP : (uintptr_t)top;
 }
 
-void *fw_alloc(size_t size, size_t align)
+void *fw_alloc_raw(size_t size, size_t align)
 {
   if (align < 8)
     align = 8;
@@ -23,9 +23,20 @@ void *fw_alloc(size_t size, size_t align)
   if (p < next || size > limit || p > limit - size)
     fw_panic("fw_alloc: %zu bytes (align %zu) do not fit below 0x%lx", size, align, (unsigned long)limit);
   next = p + size;
-  memset((void *)p, 0, size);
   return (void *)p;
+}
+
+void *fw_alloc(size_t size, size_t align)
+{
+  return memset(fw_alloc_raw(size, align), 0, size);
 }
 
 uintptr_t fw_alloc_next(void) { return next; }
 uintptr_t fw_alloc_limit(void) { return limit; }
+
+/* Frees everything allocated since mark (a value of fw_alloc_next()). */
+void fw_alloc_rewind(uintptr_t mark)
+{
+  if (mark >= ((uintptr_t)_end + 4095) / 4096 * 4096 && mark <= next)
+    next = mark;
+}

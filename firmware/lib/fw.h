@@ -127,8 +127,10 @@ uint64_t fw_arg_u64(const char *key, uint64_t dflt);          /* decimal or 0x..
 /* ---- bump allocator over RAM from _end (4 KiB aligned) up to the top of
  * low memory reported by multiboot (capped at 3 GiB); never freed. ---- */
 void *fw_alloc(size_t size, size_t align);   /* zeroed; panics when exhausted */
+void *fw_alloc_raw(size_t size, size_t align);   /* not zeroed (DMA buffers: saves the fill) */
 uintptr_t fw_alloc_next(void);
 uintptr_t fw_alloc_limit(void);
+void fw_alloc_rewind(uintptr_t mark);        /* frees all allocated since mark = fw_alloc_next() */
 
 /* ---- PCI, configuration mechanism #1 (0xCF8/0xCFC), bus 0 unless stated ---- */
 typedef uint32_t pci_bdf_t;      /* bus << 8 | dev << 3 | fn */
@@ -199,5 +201,33 @@ typedef void (*fw_trap_handler)(struct fw_trap_frame *f);
 void idt_init(void);
 void idt_set_handler(uint8_t vector, fw_trap_handler h);
 #endif
+
+/* ---- interrupts (32-bit images): LAPIC, IOAPIC, 8259 masking (lib/apic.c) ----
+ * Device interrupts use IDT vectors 32..63; the handler must EOI (irq_eoi).
+ * Waiting: irq_wait() executes `sti; hlt; cli` (the sti shadow makes checking
+ * a condition with interrupts off and then halting race-free). */
+#define LAPIC_BASE   0xFEE00000u
+#define IOAPIC_BASE  0xFEC00000u
+#define IRQ_VEC_TIMER    0x3e
+#define IRQ_VEC_SPURIOUS 0x3f
+void irq_init(void);                 /* IDT, mask the PIC, enable the LAPIC (SVR bit 8) */
+uint8_t lapic_id(void);
+static inline void irq_eoi(void) { mmio_write32(LAPIC_BASE + 0xB0, 0); }
+/* IOAPIC redirection: gsi -> vector, fixed delivery to this CPU. */
+void ioapic_route(uint8_t gsi, uint8_t vector, bool level, bool active_low);
+void ioapic_mask(uint8_t gsi);
+/* Periodic LAPIC timer (bus clock / 1; 1 GHz on QEMU and KVM): a wake-up
+ * tick for hlt-based waits with a deadline. 0 stops it. */
+void lapic_timer_periodic(uint32_t count);
+extern volatile uint32_t irq_timer_ticks;
+static inline void irq_wait(void) { __asm__ volatile("sti; hlt; cli" ::: "memory"); }
+static inline void irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }
+static inline void mb(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory"); }
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+/* ---- time: TSC frequency (kHz) from tsc_khz=, CPUID 0x15/0x16/0x40000010,
+ * or a PIT channel 2 calibration; 1 GHz if all fail (lib/apic.c) ---- */
+uint32_t fw_tsc_khz(void);
+uint64_t fw_ms_to_tsc(uint32_t ms);
 
 #endif

@@ -1,0 +1,66 @@
+/* rx-sink: receives frames until count= have arrived (default 0: no limit)
+ * or none came for idle= ms (default 1000) after the first; waits up to
+ * start= ms (default 30000) for the first. Frames are counted and their
+ * buffers reposted (in batches); with answer=1 each is also parsed, and ARP
+ * requests for ip= and ICMP echo requests to it are answered, so the host
+ * can ping (or flood-ping) the guest. With ready=1 a line
+ *   rx-sink: ready mac=52:54:00:12:34:56 ip=10.0.2.15
+ * comes first. Result line:
+ *   rx-sink: N frames bytes=B cycles=C
+ * B: frame bytes (without the virtio header), C: TSC cycles from the first
+ * frame to the last. With answer=1 ` answered=A` (ARP + ICMP replies) is
+ * appended. Exit 0 if count= frames arrived (count=0: at least one), 1
+ * otherwise, 2 bad argument. */
+#include "net.h"
+
+int main(uint32_t magic, uint32_t mbi)
+{
+  static struct vnet nic;
+  static struct net s;
+  uint32_t count = (uint32_t)fw_arg_u64("count", 0);
+  uint32_t idle = (uint32_t)fw_arg_u64("idle", 1000);
+  uint32_t start = (uint32_t)fw_arg_u64("start", 30000);
+  int rc = net_bring_up("rx-sink", &nic, &s, NULL);
+  if (rc)
+    return rc;
+  bool answer = s.answer;
+  if (fw_arg_u64("ready", 0)) {
+    char mac[18], ip[16];
+    net_format_mac(mac, s.mac);
+    net_format_ip(ip, s.ip);
+    printf("rx-sink: ready mac=%s ip=%s\n", mac, ip);
+  }
+  uint64_t idle_tsc = fw_ms_to_tsc(idle);
+  uint64_t first = 0, last = 0;
+  uint64_t deadline = rdtsc() + fw_ms_to_tsc(start);
+  uint32_t frames = 0;
+  uint64_t bytes = 0;
+  while (!count || frames < count) {
+    uint32_t len;
+    uint8_t *f = vnet_rx(&nic, &len);
+    if (!f) {
+      if (!vnet_wait(&nic, false, deadline))
+        break;
+      continue;
+    }
+    last = rdtsc();
+    if (!frames)
+      first = last;
+    frames++;
+    bytes += len;
+    deadline = last + idle_tsc;
+    if (answer) {
+      struct net_pkt p;
+      net_handle(&s, f, len, &p);
+      vnet_tx_reclaim(&nic);
+    }
+    vnet_rx_done(&nic);
+  }
+  vnet_shutdown(&nic);
+  printf("rx-sink: %u frames bytes=%llu cycles=%llu", frames, (unsigned long long)bytes,
+         (unsigned long long)(last - first));
+  if (answer)
+    printf(" answered=%u", s.arp_answered + s.icmp_answered);
+  printf("\n");
+  return (count ? frames >= count : frames > 0) ? FW_EXIT_OK : FW_EXIT_FAIL;
+}
