@@ -24,7 +24,8 @@ function summarize(xs: number[]): Summary {
 }
 
 function fmt(s: Summary, unit: string, digits = 1): string {
-  return `${s.median.toFixed(digits)} ${unit} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
+  const u = unit ? ` ${unit}` : '';
+  return `${s.median.toFixed(digits)}${u} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
 }
 
 /** One boot in a child process: ms to the marker, ms to exit, and the exit statistics. */

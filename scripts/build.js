@@ -3,8 +3,8 @@
 // and emits declarations with tsc. Run by `npm run build`, `npm test`, `npm install`.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { readdirSync, statSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readdirSync, statSync, rmSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -22,8 +22,21 @@ function sources(dir) {
   return out;
 }
 
-rmSync('dist', { recursive: true, force: true });
+// dist/ is rebuilt in place (never deleted: tests or a guest may be running
+// from it), then outputs whose source is gone are removed so that a deleted
+// test does not keep running.
 const entryPoints = [...sources('src'), ...sources('test'), ...sources('scripts')];
+function removeStale(dir) {
+  let entries;
+  try { entries = readdirSync(dir); } catch { return; }
+  for (const name of entries) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) { removeStale(path); continue; }
+    if (!name.endsWith('.js')) continue;
+    const source = relative('dist', path).replace(/\.js$/, '.ts');
+    if (!existsSync(source)) rmSync(path, { force: true });
+  }
+}
 await build({
   entryPoints,
   outdir: 'dist',
@@ -34,6 +47,7 @@ await build({
   sourcemap: 'inline',
   logLevel: 'warning',
 });
+for (const top of ['src', 'test', 'scripts']) removeStale(join('dist', top));
 if (!process.argv.includes('--no-check')) {
   try {
     execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], { stdio: 'inherit' });
