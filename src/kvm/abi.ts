@@ -45,6 +45,9 @@ export const KVM_SET_LAPIC = IOW(0x8f, 1024);
 export const KVM_GET_VCPU_EVENTS = IOR(0x9f, 64);
 export const KVM_SET_VCPU_EVENTS = IOW(0xa0, 64);
 export const KVM_GET_TSC_KHZ = IO(0xa3);
+export const KVM_GET_MP_STATE = IOR(0x98, 4);
+export const KVM_MP_STATE_HALTED = 3;
+export const X86_EFLAGS_IF = 1 << 9;
 
 // Capabilities tsvisor relies on (KVM_CHECK_EXTENSION).
 export const KVM_CAP_IRQCHIP = 0;

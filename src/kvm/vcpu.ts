@@ -152,6 +152,12 @@ export class Vcpu {
     this.call('KVM_SET_LAPIC', abi.KVM_SET_LAPIC, b.address);
   }
 
+  /** KVM_GET_MP_STATE: KVM_MP_STATE_HALTED (3) while the vCPU sleeps in HLT inside KVM. */
+  getMpState(): number {
+    this.call('KVM_GET_MP_STATE', abi.KVM_GET_MP_STATE, this.eventsBuf.address);
+    return this.eventsBuf.dv.getUint32(0, true);
+  }
+
   /** Injects exception `vector` (no error code) through KVM_SET_VCPU_EVENTS. */
   injectException(vector: number): void {
     const b = this.eventsBuf;

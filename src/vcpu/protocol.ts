@@ -2,6 +2,7 @@
 // starts with, the control words they share, and the message a worker ends with.
 import type { SerialShared } from '../devices/serial.js';
 import type { HostKind } from '../kvm/system.js';
+import type { VcpuDeviceSpec } from '../devices/virtio/vcpu-devices.js';
 
 export interface VcpuWorkerData {
   vcpuFd: number;
@@ -14,6 +15,8 @@ export interface VcpuWorkerData {
   /** Rung when serial output is waiting. */
   consoleDoorbellFd: number;
   hostKind: HostKind;
+  /** PCI devices the worker puts on bus 0 next to the host bridge (their register exits run on the vCPU thread). */
+  devices?: VcpuDeviceSpec[];
 }
 
 // Control words (Int32Array over `control`).
@@ -21,7 +24,8 @@ export const CONTROL_STOP = 0;       // main → worker: leave the run loop
 export const CONTROL_TID = 1;        // worker → main: its kernel thread id, for kicks
 export const CONTROL_SAMPLE = 2;     // main → worker: record RIP at the next kick
 export const CONTROL_RUNNING = 3;    // worker → main: 1 while in the run loop
-export const CONTROL_WORDS = 4;
+export const CONTROL_CHECK_HALT = 4; // main → worker: at the next kick, end the run if the vCPU is halted for good
+export const CONTROL_WORDS = 5;
 
 /** Why a run ended. Exit statuses are distinct per kind (see `exitStatusOf`). */
 export type ExitKind =

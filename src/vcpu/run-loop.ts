@@ -36,6 +36,7 @@ export class RunLoop {
     private readonly control: Int32Array,
     private readonly stopWord: number,
     private readonly sampleWord: number,
+    private readonly checkHaltWord: number,
   ) {
     this.run = vcpu.run;
     this.runBytes = vcpu.runBytes;
@@ -57,6 +58,7 @@ export class RunLoop {
           run.setUint8(abi.RUN.immediate_exit, 0);
           if (Atomics.load(this.control, this.sampleWord)) this.sample();
           if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
+          if (Atomics.load(this.control, this.checkHaltWord)) this.checkHalt();
           continue;
         }
         return { kind: 'error', message: `KVM_RUN failed: errno ${-r}` };
@@ -192,6 +194,18 @@ export class RunLoop {
       return;
     }
     this.fixupCounts.set(result.done, (this.fixupCounts.get(result.done) ?? 0) + 1);
+  }
+
+  /**
+   * A vCPU halted with interrupts disabled can never run again (no NMI source
+   * here): that is how Linux without ACPI ends `poweroff -f` and `halt`. The
+   * main thread asks about once a second; the answer ends the run.
+   */
+  private checkHalt(): void {
+    Atomics.store(this.control, this.checkHaltWord, 0);
+    if (this.vcpu.getMpState() !== abi.KVM_MP_STATE_HALTED) return;
+    if (this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF)) return;
+    this.finish({ kind: 'poweroff', message: 'the guest halted with interrupts disabled (a power-off or halt)' });
   }
 
   private sample(): void {

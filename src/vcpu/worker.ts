@@ -12,7 +12,8 @@ import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
-import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
+import { createPciDevices } from '../devices/virtio/vcpu-devices.js';
+import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
 
 const data = workerData as VcpuWorkerData;
 const control = new Int32Array(data.control);
@@ -43,8 +44,10 @@ pio.register(i8042, 0x60, 1);
 pio.register(i8042, 0x64, 1);
 pio.register(new DebugExit(onEvent), 0xf4, 1);
 pio.register(new Sink('post'), 0x80, 1);
+// PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
+createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm });
 
-loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE);
+loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT);
 Atomics.store(control, CONTROL_RUNNING, 1);
 let message: VcpuExitMessage;
 try {
