@@ -12,7 +12,13 @@ import { Vcpu } from './kvm/vcpu.js';
 import * as abi from './kvm/abi.js';
 import { vcpuCpuid } from './kvm/cpuid.js';
 import { GuestMemory } from './memory/guest-memory.js';
-import { GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, ramRegions } from './boot/layout.js';
+import { GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE_ADDR, ramRegions } from './boot/layout.js';
+import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
+import { pciIntxGsi } from './devices/pci/pci-bus.js';
+import { createTransportState } from './devices/virtio/transport-state.js';
+import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
+import { NetSetup, type NetBootOptions } from './devices/net/net-setup.js';
+import type { VirtioNet } from './devices/net/virtio-net.js';
 import { findMultibootHeader, loadMultiboot } from './boot/multiboot.js';
 import { loadLinux, parseLinuxKernel } from './boot/linux.js';
 import { defaultHostParams } from './boot/host-params.js';
@@ -20,7 +26,7 @@ import type { BootCpuState } from './boot/cpu-state.js';
 import { createSerialShared, Serial16550 } from './devices/serial.js';
 import { MainLoop } from './loop/main-loop.js';
 import { GuestConsole } from './console.js';
-import { CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
+import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
 
 export interface BootOptions {
   /** Path to a bzImage, vmlinux or multiboot image, or its bytes. */
@@ -39,6 +45,10 @@ export interface BootOptions {
   sampleRipMs?: number;
   /** Device file, default /dev/kvm. */
   kvmPath?: string;
+  /** Bring-up aid: a virtio-net PCI device with no data path (the guest enumerates and probes it). */
+  virtioNetStub?: boolean;
+  /** A virtio-net NIC on a TAP (PCI slot 4): `{ tap: 'tap0', mac?, txBurst?, ioeventfd? }`. */
+  net?: NetBootOptions;
 }
 
 export interface VmExit {
@@ -60,6 +70,8 @@ export interface BootInfo {
 }
 
 const MIN_MEM_MIB = 8;
+/** How often to check whether the guest halted with interrupts off. */
+const HALT_CHECK_MS = 250;
 
 function readInput(what: string, value: string | Uint8Array): Uint8Array {
   if (typeof value !== 'string') return value;
@@ -94,6 +106,7 @@ export class Vm {
     private readonly loop: MainLoop,
     info: BootInfo,
     opts: BootOptions,
+    private readonly netSetup: NetSetup | null = null,
   ) {
     this.info = info;
     this.control = new Int32Array(workerData.control);
@@ -106,7 +119,10 @@ export class Vm {
     });
     const drain = () => this.console.feed(serial.tx.drain());
     // Serial output wakes the main loop through a doorbell the vCPU rings; a bottom half drains it.
-    const consoleBell = loop.newDoorbell('console', loop.newBh('console', drain));
+    // The worker rings only when its push made the ring non-empty; a push that
+    // races with drain() (sees the old tail) does not ring, so look again after draining.
+    const drainBh = loop.newBh('console', () => { drain(); if (serial.tx.length > 0) drainBh.schedule(); });
+    const consoleBell = loop.newDoorbell('console', drainBh);
     workerData.consoleDoorbellFd = consoleBell.fd;
     this.worker = new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData });
     native().installKickHandler();
@@ -131,6 +147,11 @@ export class Vm {
       const t = setTimeout(() => this.requestStop('timeout', `no exit within ${opts.timeoutMs} ms (--timeout)`), opts.timeoutMs);
       this.timers.push(t);
     }
+    // Notice a guest that halted for good (Linux's power-off without ACPI).
+    this.timers.push(setInterval(() => {
+      Atomics.store(this.control, CONTROL_CHECK_HALT, 1);
+      this.kick();
+    }, HALT_CHECK_MS));
     if (opts.sampleRipMs) {
       const t = setInterval(() => {
         Atomics.store(this.control, CONTROL_SAMPLE, 1);
@@ -186,7 +207,26 @@ export class Vm {
     vm.setTssAddr(KVM_TSS_ADDR);
     vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
     vm.createIrqchip();
+    // The PC's wiring (PIT on IOAPIC pin 2), which the MP table describes.
+    vm.setGsiRouting(pcGsiRoutes());
     vm.createPit2();
+
+    // PCI devices (register exits on the vCPU thread, see VcpuWorkerData.devices).
+    const devices: VcpuDeviceSpec[] = [];
+    if (opts.virtioNetStub) {
+      const slot = 3;
+      devices.push({
+        kind: 'virtio-net-stub', pciSlot: slot, doorbellFds: {},
+        sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: 1n << 5n, intxGsi: pciIntxGsi(slot) }),
+      });
+    }
+
+    let netSetup: NetSetup | null = null;
+    if (opts.net) {
+      const slot = 4;
+      netSetup = new NetSetup(opts.net, slot, pciIntxGsi(slot));
+      devices.push(netSetup.spec);
+    }
 
     const vcpuFd = vm.createVcpuFd(0);
     const mmapSize = kvm.vcpuMmapSize();
@@ -206,6 +246,11 @@ export class Vm {
       const kernel = parseLinuxKernel(kernelBytes, kernelName);
       const cmdline = [opts.cmdline ?? '', ...hostParams].filter((s) => s.length > 0).join(' ');
       cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
+      const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
+      writeMpTable(mem, MPTABLE_ADDR, {
+        cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
+        pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
+      });
       info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB };
     }
 
@@ -218,11 +263,13 @@ export class Vm {
     // The main thread's view of the UART raises the receive interrupt for typed input.
     const serial = new Serial16550(serialShared, (level) => vm.irqLine(4, level));
     const loop = new MainLoop();
+    // The NIC's data path runs on this loop; its doorbell fds go to the worker in the device spec.
+    netSetup?.start(loop, mem, vm);
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     const data: VcpuWorkerData = {
-      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind,
+      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
     };
-    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts);
+    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup);
   }
 
   private kick(): void {
@@ -254,8 +301,14 @@ export class Vm {
     return this.exited;
   }
 
+  /** The virtio-net data path (counters: `net.snapshot()`), when BootOptions.net was given. */
+  get net(): VirtioNet | null {
+    return this.netSetup?.net ?? null;
+  }
+
   private release(): void {
     void this.worker.terminate();
+    this.netSetup?.close();
     this.loop.close();
     libc.close(this.vcpuFd);
     this.kvmVm.close();

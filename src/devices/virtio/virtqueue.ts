@@ -451,15 +451,18 @@ export class Virtqueue {
 
   /**
    * Asks the guest to kick (true) or not to bother (false). With EVENT_IDX,
-   * enabling writes avail_event = lastAvailIdx ("kick when you publish past
-   * what I have consumed"); disabling writes nothing, a stale avail_event
+   * enabling writes avail_event = the avail.idx last read ("kick when you
+   * publish past what I have seen"); disabling writes nothing, a stale avail_event
    * already suppresses kicks.
    */
   setNotification(enable: boolean): void {
     this.notificationEnabled = enable;
     if (!this.isReady) return;
     if (this.eventIdx) {
-      if (enable) Atomics.store(this.usedU16, 2 + 4 * this.qsize, this.lastAvailIdx);
+      // The last avail.idx read, as vhost and QEMU write: equal to lastAvailIdx on
+      // an empty queue; past it when a device left (unpopped) chains it cannot
+      // use yet (virtio-net RX waiting for room), so the next publish kicks.
+      if (enable) Atomics.store(this.usedU16, 2 + 4 * this.qsize, this.shadowAvailIdx);
     } else {
       this.usedFlags = enable ? this.usedFlags & ~VRING_USED_F_NO_NOTIFY : this.usedFlags | VRING_USED_F_NO_NOTIFY;
       Atomics.store(this.usedU16, 0, this.usedFlags);

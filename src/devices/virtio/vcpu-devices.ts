@@ -1,0 +1,111 @@
+// The vCPU worker's side of PCI devices: builds the PCI bus (host bridge on
+// 0xCF8-0xCFF) and, for each device the main thread described in workerData,
+// its vCPU-side virtio device and virtio-pci transport.
+//
+// A device kind maps to a factory of its `VirtioDeviceVcpuSide`. The
+// 'virtio-net-stub' kind is a network device with two queues and a MAC and no
+// data path: enough for a guest to enumerate and probe it (bring-up, tests).
+import type { MmioBus, PioBus } from '../../bus/io-bus.js';
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import { DoorbellRinger } from '../../loop/bottom-half.js';
+import { PciBus } from '../pci/pci-bus.js';
+import { TransportState, type IrqSink, type VirtioDeviceVcpuSide } from './transport-state.js';
+import { VirtioPciDevice } from './virtio-pci.js';
+import { VirtioNetVcpu, type VirtioNetVcpuData } from '../net/virtio-net-vcpu.js';
+
+/** A device the main thread asks the worker to put on the PCI bus (part of VcpuWorkerData). */
+export interface VcpuDeviceSpec {
+  kind: string;
+  /** PCI slot on bus 0 (1-31); fixes its INTx GSI (pciIntxGsi) and its place in the MP table. */
+  pciSlot: number;
+  /** The device's TransportState buffer (createTransportState). */
+  sharedState: SharedArrayBuffer;
+  /**
+   * eventfds of main-loop doorbells. 'reset': the transport rings it when the
+   * driver resets the device (the main thread then resets its queues and
+   * acknowledges, see MainResetHandshake). Device kinds add their own.
+   */
+  doorbellFds: Record<string, number>;
+  /** Device-specific shared state (e.g. virtio-net's config buffer). */
+  deviceState?: SharedArrayBuffer;
+  /** Device-specific plain options (structured-cloneable). */
+  options?: Record<string, unknown>;
+}
+
+export interface VcpuDeviceContext {
+  mem: GuestMemory;
+  irq: IrqSink;
+}
+
+export type VcpuDeviceFactory = (spec: VcpuDeviceSpec, state: TransportState, ctx: VcpuDeviceContext) => VirtioDeviceVcpuSide;
+
+/** Device kinds the worker can build; device modules add theirs with `registerVcpuDeviceKind`. */
+const factories = new Map<string, VcpuDeviceFactory>([
+  ['virtio-net-stub', (spec) => new StubNetDevice(spec.options?.mac as number[] | undefined)],
+  // The real virtio-net: spec.options.net is its VirtioNetVcpuData; its doorbells are rung from the exit path.
+  ['virtio-net', (spec, state, ctx) => {
+    const data = spec.options?.net as VirtioNetVcpuData;
+    const f = data.doorbellFds;
+    const dev = new VirtioNetVcpu(ctx.mem, data, { rx: new DoorbellRinger(f.rx), tx: new DoorbellRinger(f.tx), ctrl: new DoorbellRinger(f.ctrl), control: new DoorbellRinger(f.control) });
+    dev.attach(state);
+    return dev;
+  }],
+]);
+
+export function registerVcpuDeviceKind(kind: string, factory: VcpuDeviceFactory): void {
+  factories.set(kind, factory);
+}
+
+/** Creates the PCI bus on `pio`/`mmio` and plugs in every described device. */
+export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; mmio: MmioBus }, ctx: VcpuDeviceContext): { bus: PciBus; devices: VirtioPciDevice[] } {
+  const bus = new PciBus(buses);
+  bus.register();
+  const devices: VirtioPciDevice[] = [];
+  for (const spec of specs) {
+    const factory = factories.get(spec.kind);
+    if (!factory) throw new Error(`no vCPU-side factory for device kind '${spec.kind}'`);
+    const state = new TransportState(spec.sharedState);
+    const device = factory(spec, state, ctx);
+    const fd = spec.doorbellFds.reset;
+    const bell = fd !== undefined && fd >= 0 ? new DoorbellRinger(fd) : null;
+    const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {} });
+    bus.plug(pci, spec.pciSlot);
+    devices.push(pci);
+  }
+  return { bus, devices };
+}
+
+const VIRTIO_ID_NET = 1;
+const VIRTIO_NET_F_MAC = 5;
+
+/** A virtio-net with RX and TX queues, a MAC and no data path (kicks are counted and dropped). */
+export class StubNetDevice implements VirtioDeviceVcpuSide {
+  readonly name = 'virtio-net-stub';
+  readonly deviceId = VIRTIO_ID_NET;
+  readonly numQueues = 2;
+  readonly deviceFeatures = 1n << BigInt(VIRTIO_NET_F_MAC);
+  readonly configSize = 6;
+  readonly mac: Uint8Array;
+  readonly notifies = [0, 0];
+  resets = 0;
+  lastStatus = 0;
+
+  constructor(mac: ArrayLike<number> = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) {
+    this.mac = Uint8Array.from(mac);
+  }
+
+  queueMaxSize(): number { return 256; }
+  readConfig(offset: number, size: number): number {
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = (v << 8) | this.mac[offset + i];
+    return v >>> 0;
+  }
+  writeConfig(offset: number, size: number, value: number): void {
+    // Legacy drivers may write the MAC.
+    for (let i = 0; i < size; i++) this.mac[offset + i] = (value >>> (8 * i)) & 0xff;
+  }
+  validateFeatures(): boolean { return true; }
+  onQueueNotify(index: number): void { this.notifies[index]++; }
+  onStatusChange(_old: number, status: number): void { this.lastStatus = status; }
+  onReset(): void { this.resets++; this.lastStatus = 0; }
+}
