@@ -1,0 +1,83 @@
+// Wiring virtio-net into a machine (main thread): opens the TAP, lays out the
+// shared state, describes the device for the vCPU worker (a VcpuDeviceSpec of
+// kind 'virtio-net', built there by vcpu-devices.ts), and once the main loop
+// exists, starts the data path (VirtioNet) with an InterruptSender of its own.
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { MainLoop } from '../../loop/main-loop.js';
+import { Tap, type NetBackend } from '../../net/tap.js';
+import { createTransportState, InterruptSender, TransportState, type IrqSink } from '../virtio/transport-state.js';
+import type { VcpuDeviceSpec } from '../virtio/vcpu-devices.js';
+import { offeredFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
+import { VirtioNetConfig, VIRTIO_NET_NUM_QUEUES } from './virtio-net-config.js';
+import { resolveNetOptions, VirtioNet, type VirtioNetOptions } from './virtio-net.js';
+import type { VirtioNetVcpuData } from './virtio-net-vcpu.js';
+
+export interface NetBootOptions extends VirtioNetOptions {
+  /** TAP interface name to open (created if missing, needs CAP_NET_ADMIN), or a backend opened already (e.g. inside a namespace). */
+  tap: string | NetBackend;
+  /**
+   * Bind queue notifications to KVM ioeventfds (no exit to userspace). Not
+   * wired yet: the notify addresses move with the guest's BAR programming and
+   * the transport has no rebind hook. Accepted and ignored; exits are used.
+   */
+  ioeventfd?: boolean;
+}
+
+/** MSI-X vectors: one per queue plus config (QEMU's virtio-net: 2 * pairs + 2). */
+const NET_MSIX_VECTORS = VIRTIO_NET_NUM_QUEUES + 1;
+
+export class NetSetup {
+  readonly spec: VcpuDeviceSpec;
+  readonly state: TransportState;
+  readonly config: VirtioNetConfig;
+  readonly backend: NetBackend;
+  private readonly ownsBackend: boolean;
+  private readonly vcpuData: VirtioNetVcpuData;
+  private device: VirtioNet | null = null;
+
+  /** Validates options and opens the TAP (TsvisorError on anything a user can fix). */
+  constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number) {
+    const o = resolveNetOptions(opts);
+    this.ownsBackend = typeof opts.tap === 'string';
+    this.backend = typeof opts.tap === 'string' ? Tap.open(opts.tap) : opts.tap;
+    try {
+      let offered = offeredFeatures({ backendOffloads: this.backend.supportedOffloads, mtu: opts.mtu !== undefined });
+      // The transport adds VERSION_1 on the modern interface only.
+      offered -= 2 ** VIRTIO_F_VERSION_1;
+      const deviceFeatures = BigInt(offered);
+      this.config = VirtioNetConfig.create(o.mac, o.mtu);
+      const sab = createTransportState({ numQueues: VIRTIO_NET_NUM_QUEUES, queueMaxSizes: o.queueSizes, msixVectors: NET_MSIX_VECTORS, deviceFeatures, intxGsi });
+      this.state = new TransportState(sab);
+      this.vcpuData = { shared: this.config.buffer, queueSizes: o.queueSizes, deviceFeatures, doorbellFds: { rx: -1, tx: -1, ctrl: -1, control: -1 } };
+      this.spec = { kind: 'virtio-net', pciSlot, sharedState: sab, doorbellFds: { reset: -1 }, deviceState: this.config.buffer, options: { net: this.vcpuData } };
+    } catch (e) {
+      if (this.ownsBackend) this.backend.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Starts the data path on `loop` and fills in the doorbell fds of the spec.
+   * Call before the worker is created (the spec travels in its workerData).
+   */
+  start(loop: MainLoop, memory: GuestMemory, irq: IrqSink): VirtioNet {
+    const sender = new InterruptSender(this.state, irq);
+    const dev = new VirtioNet(loop, memory, this.backend, this.state, this.config, sender, this.opts);
+    const d = dev.doorbells;
+    this.vcpuData.doorbellFds = { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd };
+    // The transport's reset hand-shake rings the same control doorbell.
+    this.spec.doorbellFds.reset = d.control.fd;
+    this.device = dev;
+    return dev;
+  }
+
+  get net(): VirtioNet | null {
+    return this.device;
+  }
+
+  close(): void {
+    this.device?.close();
+    this.device = null;
+    if (this.ownsBackend) this.backend.close();
+  }
+}

@@ -1,0 +1,210 @@
+// virtio-net feature bits (virtio 1.2 §5.1.3, Linux uapi virtio_net.h), the
+// set tsvisor offers, the dependency rules a driver's choice must follow
+// (§5.1.3.1), and what follows from a negotiated set: the header size and the
+// TAP offloads. Features are Numbers: bits up to 52 are exact in a double, and
+// the arithmetic here never uses 32-bit bitwise operators on the whole set.
+import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/virtqueue.js';
+import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../../net/tap.js';
+
+export const VIRTIO_NET_F_CSUM = 0;
+export const VIRTIO_NET_F_GUEST_CSUM = 1;
+export const VIRTIO_NET_F_CTRL_GUEST_OFFLOADS = 2;
+export const VIRTIO_NET_F_MTU = 3;
+export const VIRTIO_NET_F_MAC = 5;
+export const VIRTIO_NET_F_GSO = 6; // legacy, never offered
+export const VIRTIO_NET_F_GUEST_TSO4 = 7;
+export const VIRTIO_NET_F_GUEST_TSO6 = 8;
+export const VIRTIO_NET_F_GUEST_ECN = 9;
+export const VIRTIO_NET_F_GUEST_UFO = 10;
+export const VIRTIO_NET_F_HOST_TSO4 = 11;
+export const VIRTIO_NET_F_HOST_TSO6 = 12;
+export const VIRTIO_NET_F_HOST_ECN = 13;
+export const VIRTIO_NET_F_HOST_UFO = 14;
+export const VIRTIO_NET_F_MRG_RXBUF = 15;
+export const VIRTIO_NET_F_STATUS = 16;
+export const VIRTIO_NET_F_CTRL_VQ = 17;
+export const VIRTIO_NET_F_CTRL_RX = 18;
+export const VIRTIO_NET_F_CTRL_VLAN = 19;
+export const VIRTIO_NET_F_CTRL_RX_EXTRA = 20;
+export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
+export const VIRTIO_NET_F_MQ = 22;
+export const VIRTIO_NET_F_CTRL_MAC_ADDR = 23;
+// Transport-level bits (virtio 1.2 §6).
+export const VIRTIO_F_NOTIFY_ON_EMPTY = 24;
+export const VIRTIO_F_ANY_LAYOUT = 27;
+export { VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX };
+export const VIRTIO_F_VERSION_1 = 32;
+
+/** sizeof(struct virtio_net_hdr) and sizeof(struct virtio_net_hdr_mrg_rxbuf). */
+export const VIRTIO_NET_HDR_LEN = 10;
+export const VIRTIO_NET_HDR_MRG_RXBUF_LEN = 12;
+
+export const FEATURE_NAMES: Readonly<Record<number, string>> = {
+  [VIRTIO_NET_F_CSUM]: 'CSUM',
+  [VIRTIO_NET_F_GUEST_CSUM]: 'GUEST_CSUM',
+  [VIRTIO_NET_F_CTRL_GUEST_OFFLOADS]: 'CTRL_GUEST_OFFLOADS',
+  [VIRTIO_NET_F_MTU]: 'MTU',
+  [VIRTIO_NET_F_MAC]: 'MAC',
+  [VIRTIO_NET_F_GSO]: 'GSO',
+  [VIRTIO_NET_F_GUEST_TSO4]: 'GUEST_TSO4',
+  [VIRTIO_NET_F_GUEST_TSO6]: 'GUEST_TSO6',
+  [VIRTIO_NET_F_GUEST_ECN]: 'GUEST_ECN',
+  [VIRTIO_NET_F_GUEST_UFO]: 'GUEST_UFO',
+  [VIRTIO_NET_F_HOST_TSO4]: 'HOST_TSO4',
+  [VIRTIO_NET_F_HOST_TSO6]: 'HOST_TSO6',
+  [VIRTIO_NET_F_HOST_ECN]: 'HOST_ECN',
+  [VIRTIO_NET_F_HOST_UFO]: 'HOST_UFO',
+  [VIRTIO_NET_F_MRG_RXBUF]: 'MRG_RXBUF',
+  [VIRTIO_NET_F_STATUS]: 'STATUS',
+  [VIRTIO_NET_F_CTRL_VQ]: 'CTRL_VQ',
+  [VIRTIO_NET_F_CTRL_RX]: 'CTRL_RX',
+  [VIRTIO_NET_F_CTRL_VLAN]: 'CTRL_VLAN',
+  [VIRTIO_NET_F_CTRL_RX_EXTRA]: 'CTRL_RX_EXTRA',
+  [VIRTIO_NET_F_GUEST_ANNOUNCE]: 'GUEST_ANNOUNCE',
+  [VIRTIO_NET_F_MQ]: 'MQ',
+  [VIRTIO_NET_F_CTRL_MAC_ADDR]: 'CTRL_MAC_ADDR',
+  [VIRTIO_F_NOTIFY_ON_EMPTY]: 'NOTIFY_ON_EMPTY',
+  [VIRTIO_F_ANY_LAYOUT]: 'ANY_LAYOUT',
+  [VIRTIO_RING_F_INDIRECT_DESC]: 'RING_INDIRECT_DESC',
+  [VIRTIO_RING_F_EVENT_IDX]: 'RING_EVENT_IDX',
+  [VIRTIO_F_VERSION_1]: 'VERSION_1',
+};
+
+/** 2^bit as a Number (exact up to bit 52). */
+export function bit(b: number): number {
+  return 2 ** b;
+}
+
+/** Whether feature bit `b` is set in `features` (a Number up to 2^53). */
+export function hasFeature(features: number, b: number): boolean {
+  return Math.floor(features / 2 ** b) % 2 === 1;
+}
+
+/** The union of `bits` as a Number. */
+export function featureSet(...bits: number[]): number {
+  let f = 0;
+  for (const b of new Set(bits)) f += 2 ** b;
+  return f;
+}
+
+/** Names of the bits set, low to high ("bit N" for unnamed ones). */
+export function featureNames(features: number): string[] {
+  const out: string[] = [];
+  for (let b = 0; b < 53; b++) if (hasFeature(features, b)) out.push(FEATURE_NAMES[b] ?? `bit ${b}`);
+  return out;
+}
+
+/** Bitwise AND of two feature sets, exact beyond bit 31. */
+export function featureAnd(a: number, b: number): number {
+  const lo = ((a % 0x100000000) & (b % 0x100000000)) >>> 0;
+  const hi = (Math.floor(a / 0x100000000) & Math.floor(b / 0x100000000)) >>> 0;
+  return hi * 0x100000000 + lo;
+}
+
+export interface OfferOptions {
+  /** TUN_F_* the backend accepts (Tap.supportedOffloads). UFO bits are offered only with TUN_F_UFO. */
+  backendOffloads: number;
+  /** Offer VIRTIO_NET_F_MTU (config `mtu`). */
+  mtu?: boolean;
+}
+
+/**
+ * The device features tsvisor offers (QEMU's virtio-net defaults, minus MQ,
+ * CTRL_VLAN, CTRL_GUEST_OFFLOADS and the rest it does not implement). Guest
+ * offloads (GUEST_*) are offered only when the backend can hand such packets
+ * over; host offloads (HOST_*) need the backend to take GSO frames, which a
+ * vnet_hdr TAP does (the kernel segments them).
+ */
+export function offeredFeatures(opts: OfferOptions): number {
+  const bits = [
+    VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_CTRL_RX,
+    VIRTIO_NET_F_CTRL_MAC_ADDR,
+    VIRTIO_NET_F_GUEST_ANNOUNCE,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_F_ANY_LAYOUT,
+    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+  ];
+  if (opts.mtu) bits.push(VIRTIO_NET_F_MTU);
+  const off = opts.backendOffloads;
+  if (off & TUN_F_CSUM) {
+    bits.push(VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM);
+    bits.push(VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN);
+    if (off & TUN_F_TSO4) bits.push(VIRTIO_NET_F_GUEST_TSO4);
+    if (off & TUN_F_TSO6) bits.push(VIRTIO_NET_F_GUEST_TSO6);
+    if (off & TUN_F_TSO_ECN && off & (TUN_F_TSO4 | TUN_F_TSO6)) bits.push(VIRTIO_NET_F_GUEST_ECN);
+    if (off & TUN_F_UFO) bits.push(VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO);
+  }
+  return featureSet(...bits);
+}
+
+/** [feature, "needs one of"] pairs from virtio 1.2 §5.1.3.1. */
+const DEPENDENCIES: ReadonlyArray<[number, number[]]> = [
+  [VIRTIO_NET_F_GUEST_TSO4, [VIRTIO_NET_F_GUEST_CSUM]],
+  [VIRTIO_NET_F_GUEST_TSO6, [VIRTIO_NET_F_GUEST_CSUM]],
+  [VIRTIO_NET_F_GUEST_ECN, [VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6]],
+  [VIRTIO_NET_F_GUEST_UFO, [VIRTIO_NET_F_GUEST_CSUM]],
+  [VIRTIO_NET_F_HOST_TSO4, [VIRTIO_NET_F_CSUM]],
+  [VIRTIO_NET_F_HOST_TSO6, [VIRTIO_NET_F_CSUM]],
+  [VIRTIO_NET_F_HOST_ECN, [VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6]],
+  [VIRTIO_NET_F_HOST_UFO, [VIRTIO_NET_F_CSUM]],
+  [VIRTIO_NET_F_CTRL_RX, [VIRTIO_NET_F_CTRL_VQ]],
+  [VIRTIO_NET_F_CTRL_VLAN, [VIRTIO_NET_F_CTRL_VQ]],
+  [VIRTIO_NET_F_GUEST_ANNOUNCE, [VIRTIO_NET_F_CTRL_VQ]],
+  [VIRTIO_NET_F_MQ, [VIRTIO_NET_F_CTRL_VQ]],
+  [VIRTIO_NET_F_CTRL_MAC_ADDR, [VIRTIO_NET_F_CTRL_VQ]],
+  [VIRTIO_NET_F_CTRL_RX_EXTRA, [VIRTIO_NET_F_CTRL_RX]],
+  [VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, [VIRTIO_NET_F_CTRL_VQ]],
+];
+
+/**
+ * Checks a driver's feature choice (virtio 1.2 §5.1.3.1): null when it is
+ * acceptable, else the first violated rule as text ("GUEST_TSO4 needs
+ * GUEST_CSUM"). Bits outside `offered` are refused as well when given.
+ * Called when a modern driver sets FEATURES_OK (the transport then leaves
+ * FEATURES_OK clear) and at DRIVER_OK for legacy drivers.
+ */
+export function validateFeatures(driver: number, offered?: number): string | null {
+  if (offered !== undefined && featureAnd(driver, offered) !== driver) {
+    const extra = featureNames(driver - featureAnd(driver, offered));
+    return `driver accepted features the device did not offer: ${extra.join(', ')}`;
+  }
+  for (const [f, needs] of DEPENDENCIES) {
+    if (!hasFeature(driver, f)) continue;
+    if (!needs.some((n) => hasFeature(driver, n))) {
+      return `${FEATURE_NAMES[f]} needs ${needs.map((n) => FEATURE_NAMES[n]).join(' or ')}`;
+    }
+  }
+  return null;
+}
+
+/** Header size on both rings: 12 with VERSION_1 or MRG_RXBUF, else 10 (QEMU virtio_net_set_mrg_rx_bufs). */
+export function vnetHeaderSize(features: number): number {
+  return hasFeature(features, VIRTIO_F_VERSION_1) || hasFeature(features, VIRTIO_NET_F_MRG_RXBUF)
+    ? VIRTIO_NET_HDR_MRG_RXBUF_LEN
+    : VIRTIO_NET_HDR_LEN;
+}
+
+/** TAP offloads for what the guest takes on RX (QEMU virtio_net_apply_guest_offloads). */
+export function tunOffloadsFor(features: number): number {
+  if (!hasFeature(features, VIRTIO_NET_F_GUEST_CSUM)) return 0;
+  let f = TUN_F_CSUM;
+  if (hasFeature(features, VIRTIO_NET_F_GUEST_TSO4)) f |= TUN_F_TSO4;
+  if (hasFeature(features, VIRTIO_NET_F_GUEST_TSO6)) f |= TUN_F_TSO6;
+  if (hasFeature(features, VIRTIO_NET_F_GUEST_ECN)) f |= TUN_F_TSO_ECN;
+  if (hasFeature(features, VIRTIO_NET_F_GUEST_UFO)) f |= TUN_F_UFO;
+  return f;
+}
+
+/** Whether the guest may receive frames beyond the MTU (any guest GSO). */
+export function guestTakesGso(features: number): boolean {
+  return (
+    hasFeature(features, VIRTIO_NET_F_GUEST_TSO4) ||
+    hasFeature(features, VIRTIO_NET_F_GUEST_TSO6) ||
+    hasFeature(features, VIRTIO_NET_F_GUEST_UFO)
+  );
+}

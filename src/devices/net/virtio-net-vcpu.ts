@@ -1,0 +1,152 @@
+// virtio-net, vCPU-thread side: what the virtio-pci transport calls on guest
+// register accesses (VirtioDeviceVcpuSide). Config reads and writes are
+// answered from the shared VirtioNetConfig; queue notifications are turned
+// into doorbell rings for the main thread, where the data path runs
+// (virtio-net.ts). Nothing here allocates: this is the exit path.
+//
+// TX notify = QEMU virtio_net_handle_tx_bh: if tx_waiting is set a TX
+// bottom-half run is already due, so return; else set it, suppress further
+// kicks (without EVENT_IDX: VRING_USED_F_NO_NOTIFY in used->flags; with
+// EVENT_IDX the stale avail_event already suppresses them) and ring the TX
+// doorbell, then return to the guest at once.
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { TransportState, VirtioDeviceVcpuSide } from '../virtio/transport-state.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK } from '../virtio/transport-state.js';
+import { VIRTIO_RING_F_EVENT_IDX, VRING_USED_F_NO_NOTIFY } from '../virtio/virtqueue.js';
+import { validateFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
+import {
+  NET_CTR_CTRL_KICKS,
+  NET_CTR_RX_KICKS,
+  NET_CTR_TX_KICKS,
+  NET_CTR_TX_KICKS_COALESCED,
+  NET_WORD_TX_WAITING,
+  VIRTIO_ID_NET,
+  VIRTIO_NET_CONFIG_SIZE,
+  VIRTIO_NET_CTRL_QUEUE,
+  VIRTIO_NET_NUM_QUEUES,
+  VIRTIO_NET_RX_QUEUE,
+  VIRTIO_NET_TX_QUEUE,
+  VirtioNetConfig,
+} from './virtio-net-config.js';
+
+/** Something that wakes the main thread (DoorbellRinger). */
+export interface Ringer {
+  ring(): void;
+}
+
+/** What the vCPU side is built from; all of it crosses the thread boundary as plain data. */
+export interface VirtioNetVcpuData {
+  /** VirtioNetConfig.buffer. */
+  shared: SharedArrayBuffer;
+  /** Max sizes of [rx, tx, ctrl]. */
+  queueSizes: number[];
+  /** Offered features without VERSION_1 (the transport adds it on the modern interface). */
+  deviceFeatures: bigint;
+  /** Doorbell eventfds of the main-thread side (VirtioNet.doorbells). */
+  doorbellFds: { rx: number; tx: number; ctrl: number; control: number };
+}
+
+export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
+  readonly name = 'virtio-net';
+  readonly deviceId = VIRTIO_ID_NET;
+  readonly numQueues = VIRTIO_NET_NUM_QUEUES;
+  readonly configSize = VIRTIO_NET_CONFIG_SIZE;
+  readonly deviceFeatures: bigint;
+  readonly config: VirtioNetConfig;
+  /** Feature sets refused at FEATURES_OK, for diagnostics. */
+  refusedFeatures = 0;
+  lastRefusal = '';
+  private readonly words: Int32Array;
+  private readonly counters: Float64Array;
+  private readonly queueSizes: number[];
+  private state: TransportState | null = null;
+
+  constructor(
+    private readonly memory: GuestMemory,
+    data: VirtioNetVcpuData,
+    private readonly rings: { rx: Ringer; tx: Ringer; ctrl: Ringer; control: Ringer },
+  ) {
+    this.config = new VirtioNetConfig(data.shared);
+    this.words = this.config.words;
+    this.counters = this.config.counters;
+    this.queueSizes = data.queueSizes;
+    this.deviceFeatures = data.deviceFeatures & ~(1n << BigInt(VIRTIO_F_VERSION_1));
+  }
+
+  /** The transport's shared state (needed for the TX queue's used ring and the negotiated features). */
+  attach(state: TransportState): void {
+    this.state = state;
+  }
+
+  queueMaxSize(index: number): number {
+    return this.queueSizes[index] ?? 0;
+  }
+
+  readConfig(offset: number, size: number): number {
+    return this.config.read(offset, size);
+  }
+
+  writeConfig(offset: number, size: number, value: number): void {
+    const s = this.state;
+    this.config.write(offset, size, value, s === null ? 0 : Number(s.driverFeatures));
+  }
+
+  validateFeatures(driverFeatures: bigint): boolean {
+    const why = validateFeatures(Number(driverFeatures));
+    if (why === null) return true;
+    this.refusedFeatures++;
+    this.lastRefusal = why;
+    return false;
+  }
+
+  onQueueNotify(index: number): void {
+    switch (index) {
+      case VIRTIO_NET_TX_QUEUE:
+        this.handleTx();
+        break;
+      case VIRTIO_NET_RX_QUEUE:
+        // The guest added RX buffers: the main thread resumes reading if it had stopped.
+        this.counters[NET_CTR_RX_KICKS]++;
+        this.rings.rx.ring();
+        break;
+      case VIRTIO_NET_CTRL_QUEUE:
+        this.counters[NET_CTR_CTRL_KICKS]++;
+        this.rings.ctrl.ring();
+        break;
+    }
+  }
+
+  /** QEMU virtio_net_handle_tx_bh, on the vCPU. */
+  private handleTx(): void {
+    this.counters[NET_CTR_TX_KICKS]++;
+    if (Atomics.compareExchange(this.words, NET_WORD_TX_WAITING, 0, 1) !== 0) {
+      this.counters[NET_CTR_TX_KICKS_COALESCED]++;
+      return;
+    }
+    const s = this.state;
+    if (s !== null && s.queueEnabled(VIRTIO_NET_TX_QUEUE) && !s.hasDriverFeature(VIRTIO_RING_F_EVENT_IDX)) {
+      // used->flags = NO_NOTIFY. The main thread's Virtqueue writes the same word; the
+      // tx_waiting hand-off orders us: its BH clears tx_waiting before it flushes and
+      // always ends by re-enabling kicks (or rescheduling itself), so a NO_NOTIFY
+      // written here is always followed by a BH run that clears it.
+      this.memory.writeU16(s.queueUsed(VIRTIO_NET_TX_QUEUE), VRING_USED_F_NO_NOTIFY);
+    }
+    this.rings.tx.ring();
+  }
+
+  onStatusChange(oldStatus: number, newStatus: number): void {
+    // DRIVER_OK (or anything after it, e.g. FAILED): the main thread activates or stops the queues.
+    if ((oldStatus ^ newStatus) & VIRTIO_CONFIG_S_DRIVER_OK || newStatus & VIRTIO_CONFIG_S_DRIVER_OK) this.rings.control.ring();
+  }
+
+  /** Enabling a queue after DRIVER_OK (rare; some drivers re-enable queues) needs the main thread to look again. */
+  onQueueEnabled(_index: number, _enabled: boolean): void {
+    const s = this.state;
+    if (s !== null && s.status & VIRTIO_CONFIG_S_DRIVER_OK) this.rings.control.ring();
+  }
+
+  onReset(): void {
+    // The transport rings the control doorbell (its ringReset) and waits for the main thread.
+    Atomics.store(this.words, NET_WORD_TX_WAITING, 0);
+  }
+}

@@ -1,0 +1,270 @@
+// The TAP backend (QEMU net/tap-linux.c + net/tap.c, Firecracker net/tap.rs):
+// a Linux TAP interface opened through /dev/net/tun with IFF_VNET_HDR, so every
+// frame crossing the fd carries a virtio-net header of the size the guest uses
+// and packets move straight between guest memory and the fd with readv/writev.
+//
+// Creating a TAP needs CAP_NET_ADMIN; attaching to an existing persistent TAP
+// the user owns does not. Errors a user can cause become one-line TsvisorErrors.
+//
+// The data path (readv/writev) allocates nothing and returns -errno instead of
+// throwing, so EAGAIN costs a compare, not an exception.
+import { readFileSync } from 'node:fs';
+import { TsvisorError } from '../errors.js';
+import {
+  NativeBuffer,
+  close as libcClose,
+  errno,
+  ioctl,
+  open as libcOpen,
+  readv as libcReadv,
+  strerror,
+  writev as libcWritev,
+  EACCES,
+  EBUSY,
+  EINVAL,
+  ENODEV,
+  ENOENT,
+  ENXIO,
+  EPERM,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+} from '../sys/libc.js';
+
+// ---- <linux/if_tun.h> ----
+const IOC_WRITE = 1, IOC_READ = 2;
+function tunIoc(dir: number, nr: number, size: number): number {
+  return ((dir << 30) | (size << 16) | (0x54 /* 'T' */ << 8) | nr) >>> 0;
+}
+export const TUNSETIFF = tunIoc(IOC_WRITE, 202, 4);
+export const TUNSETPERSIST = tunIoc(IOC_WRITE, 203, 4);
+export const TUNGETFEATURES = tunIoc(IOC_READ, 207, 4);
+export const TUNSETOFFLOAD = tunIoc(IOC_WRITE, 208, 4);
+export const TUNGETIFF = tunIoc(IOC_READ, 210, 4);
+export const TUNSETSNDBUF = tunIoc(IOC_WRITE, 212, 4);
+export const TUNGETVNETHDRSZ = tunIoc(IOC_READ, 215, 4);
+export const TUNSETVNETHDRSZ = tunIoc(IOC_WRITE, 216, 4);
+
+export const IFF_TUN = 0x0001;
+export const IFF_TAP = 0x0002;
+export const IFF_NO_PI = 0x1000;
+export const IFF_ONE_QUEUE = 0x2000;
+export const IFF_VNET_HDR = 0x4000;
+export const IFF_MULTI_QUEUE = 0x0100;
+
+// TUNSETOFFLOAD flags: what the kernel may hand us (and so the guest) on RX.
+export const TUN_F_CSUM = 0x01;
+export const TUN_F_TSO4 = 0x02;
+export const TUN_F_TSO6 = 0x04;
+export const TUN_F_TSO_ECN = 0x08;
+export const TUN_F_UFO = 0x10;
+
+/** <linux/if.h> IFNAMSIZ: names are at most 15 bytes plus the NUL. */
+export const IFNAMSIZ = 16;
+/** sizeof(struct ifreq) on x86-64. */
+const IFREQ_SIZE = 40;
+const IFREQ_FLAGS = 16;
+/** IFF_UP in the interface flags (sysfs `flags`). */
+const IFF_UP = 0x1;
+/** INT_MAX: TUNSETSNDBUF with it means "no limit" (tun's default is INT_MAX too, a persistent TAP may carry less). */
+const SNDBUF_UNLIMITED = 0x7fffffff;
+
+/**
+ * What the virtio-net device needs from a packet backend: frames with a
+ * virtio-net header of `vnetHdrLen` bytes, moved by readv/writev over iovec
+ * arrays in native memory. Tap implements it; tests use socketpairs.
+ */
+export interface NetBackend {
+  readonly name: string;
+  /** The fd the main loop watches (readable: frames waiting; writable: room again after EAGAIN). */
+  readonly fd: number;
+  /** TUN_F_* bits the backend accepts in setOffload. */
+  readonly supportedOffloads: number;
+  /** Reads one frame (header included). Bytes read, 0 at EOF, or -errno (-EAGAIN when nothing waits). */
+  readv(iov: bigint, iovcnt: number): number;
+  /** Writes one frame (header included). Bytes written, or -errno (-EAGAIN: try again when writable). */
+  writev(iov: bigint, iovcnt: number): number;
+  /** Sets the virtio-net header size both directions use (10 or 12). */
+  setVnetHdrLen(len: number): void;
+  /** Sets which offloads may arrive on RX (TUN_F_*). */
+  setOffload(flags: number): void;
+  close(): void;
+}
+
+export interface TapOptions {
+  /** Initial header size, default 10 (the device sets 12 once VERSION_1 or MRG_RXBUF is negotiated). */
+  vnetHdrLen?: number;
+  /** Leave the send buffer as it is instead of making it unlimited. */
+  keepSndbuf?: boolean;
+}
+
+// fcntl(F_SETFL) is not needed: open() takes O_NONBLOCK directly.
+
+function tapError(name: string, what: string, e: number): TsvisorError {
+  const pre = `ip tuntap add dev ${name} mode tap user $USER vnet_hdr`;
+  switch (e) {
+    case EPERM:
+      return new TsvisorError(
+        `cannot use TAP ${name}: creating a TAP needs CAP_NET_ADMIN, attaching needs you to own it`,
+        1,
+        `pre-create it as root: ${pre}`,
+      );
+    case EBUSY:
+      return new TsvisorError(`TAP ${name} is busy: another process has it open`, 1, 'stop the other VMM or pick another --net tap name');
+    case EINVAL:
+      return new TsvisorError(
+        `cannot use ${name} as a TAP: it exists but is not a single-queue TAP interface`,
+        1,
+        `pick another name or recreate it: ip link del ${name}; ${pre}`,
+      );
+    case ENOENT:
+    case ENODEV:
+    case ENXIO:
+      return new TsvisorError('/dev/net/tun is missing: the kernel has no TUN/TAP support loaded', 1, 'modprobe tun');
+    case EACCES:
+      return new TsvisorError('/dev/net/tun is not accessible', 1, `run as root, or make /dev/net/tun accessible and pre-create the TAP: ${pre}`);
+    default:
+      return new TsvisorError(`cannot open TAP ${name}: ${what}: ${strerror(e)}`, 1);
+  }
+}
+
+export class Tap implements NetBackend {
+  /** TUNGETFEATURES: the IFF_* flags this kernel's tun driver supports. */
+  readonly tunFeatures: number;
+  /** TUN_F_* offloads this TAP accepts (UFO is probed: kernels 4.14–6.1 refuse it). */
+  readonly supportedOffloads: number;
+  private hdrLen: number;
+  private offload = -1;
+  private closed = false;
+  private readonly buf = new NativeBuffer(IFREQ_SIZE);
+
+  private constructor(readonly fd: number, readonly name: string, tunFeatures: number, hdrLen: number) {
+    this.tunFeatures = tunFeatures;
+    this.hdrLen = hdrLen;
+    this.supportedOffloads = this.probeOffloads();
+  }
+
+  /**
+   * Opens (or creates) TAP `name` with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR,
+   * non-blocking, close-on-exec. Throws TsvisorError on anything a user can fix.
+   */
+  static open(name: string, opts: TapOptions = {}): Tap {
+    const nameBytes = Buffer.from(name, 'utf8');
+    if (nameBytes.length === 0 || nameBytes.length >= IFNAMSIZ || /[\s/:]/.test(name)) {
+      throw new TsvisorError(`--net tap name "${name}" is not a valid interface name`, 2, 'use 1 to 15 characters without spaces, "/" or ":"');
+    }
+    const hdrLen = opts.vnetHdrLen ?? 10;
+    const fd = libcOpen('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
+    if (fd < 0) throw tapError(name, 'open /dev/net/tun', errno());
+    const buf = new NativeBuffer(IFREQ_SIZE);
+    try {
+      if (ioctl(fd, TUNGETFEATURES, buf.address) < 0) throw tapError(name, 'TUNGETFEATURES', errno());
+      const features = buf.dv.getUint32(0, true);
+      if (!(features & IFF_VNET_HDR)) {
+        throw new TsvisorError('the kernel tun driver lacks IFF_VNET_HDR', 1, 'tsvisor needs a Linux kernel >= 2.6.27 with TUN/TAP');
+      }
+      buf.clear();
+      buf.bytes.set(nameBytes, 0);
+      buf.dv.setUint16(IFREQ_FLAGS, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
+      if (ioctl(fd, TUNSETIFF, buf.address) < 0) throw tapError(name, 'TUNSETIFF', errno());
+      // The kernel may have completed a name pattern such as "tap%d".
+      const end = buf.bytes.indexOf(0);
+      const actual = Buffer.from(buf.bytes.subarray(0, end < 0 ? IFNAMSIZ : end)).toString('utf8');
+      const tap = new Tap(fd, actual, features, hdrLen);
+      tap.setVnetHdrLen(hdrLen);
+      // Nothing offloaded until the guest negotiates what it takes.
+      tap.setOffload(0);
+      if (!opts.keepSndbuf) tap.setSndbuf(SNDBUF_UNLIMITED);
+      return tap;
+    } catch (e) {
+      libcClose(fd);
+      throw e;
+    }
+  }
+
+  get vnetHdrLen(): number {
+    return this.hdrLen;
+  }
+
+  readv(iov: bigint, iovcnt: number): number {
+    const n = libcReadv(this.fd, iov, iovcnt);
+    return n >= 0 ? n : -errno();
+  }
+
+  writev(iov: bigint, iovcnt: number): number {
+    const n = libcWritev(this.fd, iov, iovcnt);
+    return n >= 0 ? n : -errno();
+  }
+
+  setVnetHdrLen(len: number): void {
+    if (len !== 10 && len !== 12) throw new RangeError(`virtio-net header length ${len} is neither 10 nor 12`);
+    this.buf.dv.setInt32(0, len, true);
+    if (ioctl(this.fd, TUNSETVNETHDRSZ, this.buf.address) < 0) {
+      throw new TsvisorError(`TAP ${this.name}: TUNSETVNETHDRSZ ${len}: ${strerror(errno())}`);
+    }
+    this.hdrLen = len;
+  }
+
+  /** TUNSETOFFLOAD with `flags` restricted to what the TAP accepts; skipped when unchanged. */
+  setOffload(flags: number): void {
+    const f = flags & this.supportedOffloads;
+    if (f === this.offload) return;
+    if (ioctl(this.fd, TUNSETOFFLOAD, BigInt(f)) < 0) {
+      throw new TsvisorError(`TAP ${this.name}: TUNSETOFFLOAD 0x${f.toString(16)}: ${strerror(errno())}`);
+    }
+    this.offload = f;
+  }
+
+  get offloads(): number {
+    return this.offload;
+  }
+
+  setSndbuf(bytes: number): void {
+    this.buf.dv.setInt32(0, bytes, true);
+    if (ioctl(this.fd, TUNSETSNDBUF, this.buf.address) < 0) {
+      throw new TsvisorError(`TAP ${this.name}: TUNSETSNDBUF: ${strerror(errno())}`);
+    }
+  }
+
+  /** TUNGETVNETHDRSZ: the header size the kernel uses now. */
+  kernelVnetHdrLen(): number {
+    if (ioctl(this.fd, TUNGETVNETHDRSZ, this.buf.address) < 0) return -1;
+    return this.buf.dv.getInt32(0, true);
+  }
+
+  /**
+   * Whether the host side of the interface is administratively up (IFF_UP in
+   * /sys/class/net/NAME/flags), or null when that cannot be read (the TAP was
+   * moved to another network namespace, sysfs is not mounted). Writes to a
+   * down TAP fail with EIO; the device reports the link down then.
+   */
+  hostUp(): boolean | null {
+    try {
+      const flags = parseInt(readFileSync(`/sys/class/net/${this.name}/flags`, 'utf8').trim(), 16);
+      return Number.isNaN(flags) ? null : (flags & IFF_UP) !== 0;
+    } catch {
+      return null;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    libcClose(this.fd);
+  }
+
+  /**
+   * QEMU tap_probe_has_ufo: TUNSETOFFLOAD with UFO fails on kernels that do not
+   * take it. CSUM, TSO4/6 and TSO_ECN have been there since 2.6.27.
+   */
+  private probeOffloads(): number {
+    const base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+    let ok = 0;
+    if (ioctl(this.fd, TUNSETOFFLOAD, BigInt(base)) === 0) ok = base;
+    else if (ioctl(this.fd, TUNSETOFFLOAD, BigInt(TUN_F_CSUM)) === 0) ok = TUN_F_CSUM;
+    if (ok & TUN_F_CSUM && ioctl(this.fd, TUNSETOFFLOAD, BigInt(ok | TUN_F_UFO)) === 0) ok |= TUN_F_UFO;
+    ioctl(this.fd, TUNSETOFFLOAD, 0n);
+    this.offload = 0;
+    return ok;
+  }
+}

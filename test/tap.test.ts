@@ -1,0 +1,268 @@
+// The TAP backend, unit and against a real TAP.
+//
+// Network isolation: the real-TAP tests create their own network namespace
+// (tsv-<pid>-<rand>). The TAP is created by this process in the initial
+// namespace (that is where /dev/net/tun attaches) with no address and link
+// down, and at once moved into the test namespace (`ip link set NAME netns
+// NS`): the open fd keeps working after the move. Addresses, routes and all
+// traffic live only inside the namespace; the namespace and the TAP are
+// deleted in test.after.always, whether the tests passed or not.
+import test from 'ava';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { Tap, TUNSETIFF, TUNGETFEATURES, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETSNDBUF, TUN_F_CSUM, TUN_F_TSO4 } from '../src/net/tap.js';
+import { TsvisorError } from '../src/errors.js';
+import { NativeBuffer, EAGAIN } from '../src/sys/libc.js';
+import { MainLoop, DoorbellRinger } from '../src/loop/main-loop.js';
+import { createTransportState, TransportState, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
+import { VirtioNet } from '../src/devices/net/virtio-net.js';
+import { VirtioNetVcpu } from '../src/devices/net/virtio-net-vcpu.js';
+import { VirtioNetConfig, netQueueSizes } from '../src/devices/net/virtio-net-config.js';
+import { featureSet, offeredFeatures, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX } from '../src/devices/net/virtio-net-features.js';
+import { VringDriver } from './helpers/vring-driver.js';
+import { CountingIrq, nativeGuestMemory, until } from './helpers/net-fakes.js';
+
+test('ioctl numbers match <linux/if_tun.h>', (t) => {
+  t.is(TUNSETIFF, 0x400454ca);
+  t.is(TUNGETFEATURES, 0x800454cf);
+  t.is(TUNSETOFFLOAD, 0x400454d0);
+  t.is(TUNSETSNDBUF, 0x400454d4);
+  t.is(TUNSETVNETHDRSZ, 0x400454d8);
+});
+
+test('bad interface names are refused before any system call', (t) => {
+  for (const bad of ['', 'a-name-longer-than-15', 'has space', 'a/b']) {
+    const e = t.throws(() => Tap.open(bad), { instanceOf: TsvisorError });
+    t.is(e!.exitCode, 2);
+  }
+});
+
+// ------------------------------------------------------------ real TAP
+
+const canTap = process.getuid?.() === 0 && existsSync('/dev/net/tun');
+const NS = `tsv-${process.pid}-${randomBytes(2).toString('hex')}`;
+const TAP = `tsv${randomBytes(4).toString('hex')}`; // 11 characters
+const opened: Tap[] = [];
+let nsCreated = false;
+
+function ip(...args: string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+function inNs(...args: string[]): string {
+  return execFileSync('ip', ['netns', 'exec', NS, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Creates the namespace once; the TAP is created by the caller and moved in here. */
+function setupNamespace(tap: Tap): void {
+  if (!nsCreated) {
+    ip('netns', 'add', NS);
+    nsCreated = true;
+    inNs('ip', 'link', 'set', 'lo', 'up');
+  }
+  ip('link', 'set', tap.name, 'netns', NS);
+  // No IPv6 on the TAP: keeps router solicitations and MLD reports out of the way.
+  try {
+    inNs('sysctl', '-qw', `net.ipv6.conf.${tap.name}.disable_ipv6=1`);
+  } catch {
+    /* IPv6 may be off already */
+  }
+  inNs('ip', 'addr', 'add', '10.211.0.1/24', 'dev', tap.name);
+  inNs('ip', 'link', 'set', tap.name, 'up');
+}
+
+test.after.always('delete the namespace and the TAP', () => {
+  for (const t of opened) t.close();
+  if (nsCreated) {
+    try {
+      ip('netns', 'del', NS);
+    } catch {
+      /* already gone */
+    }
+  }
+  try {
+    ip('link', 'del', TAP);
+  } catch {
+    /* not in this namespace, or gone with its fd */
+  }
+});
+
+const GUEST_MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const GUEST_IP = [10, 211, 0, 2];
+const HOST_IP = [10, 211, 0, 1];
+
+/** An ARP request "who has `target`, tell `senderIp`" from `senderMac`, broadcast. */
+function arpRequest(senderMac: number[], senderIp: number[], target: number[]): Uint8Array {
+  const f = new Uint8Array(42);
+  f.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], 0);
+  f.set(senderMac, 6);
+  f.set([0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01], 12);
+  f.set(senderMac, 22);
+  f.set(senderIp, 28);
+  f.set(target, 38);
+  return f;
+}
+
+function isArp(frame: Uint8Array, op: number): boolean {
+  return frame.length >= 42 && frame[12] === 0x08 && frame[13] === 0x06 && frame[21] === op;
+}
+
+/** Reads frames from a Tap (header of `hdr` bytes stripped) until `match`, or null after `ms`. */
+async function readUntil(tap: Tap, hdr: number, match: (f: Uint8Array) => boolean, ms = 3000): Promise<Uint8Array | null> {
+  const buf = new NativeBuffer(70000);
+  const iov = new NativeBuffer(16);
+  iov.dv.setBigUint64(0, buf.address, true);
+  iov.dv.setBigUint64(8, BigInt(buf.size), true);
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const n = tap.readv(iov.address, 1);
+    if (n === -EAGAIN) {
+      await new Promise((r) => setTimeout(r, 5));
+      continue;
+    }
+    if (n < 0) throw new Error(`readv: errno ${-n}`);
+    const f = buf.bytes.slice(hdr, n);
+    if (match(f)) return f;
+  }
+  return null;
+}
+
+function writeFrame(tap: Tap, hdr: number, frame: Uint8Array): number {
+  const buf = new NativeBuffer(hdr + frame.length);
+  buf.bytes.set(frame, hdr);
+  const iov = new NativeBuffer(16);
+  iov.dv.setBigUint64(0, buf.address, true);
+  iov.dv.setBigUint64(8, BigInt(buf.size), true);
+  return tap.writev(iov.address, 1);
+}
+
+const tapTest = canTap ? test.serial : test.skip;
+
+tapTest('Tap.open creates the TAP with a vnet header; a second open is refused as busy', (t) => {
+  const tap = Tap.open(TAP);
+  opened.push(tap);
+  t.is(tap.name, TAP);
+  t.is(tap.kernelVnetHdrLen(), 10);
+  tap.setVnetHdrLen(12);
+  t.is(tap.kernelVnetHdrLen(), 12);
+  t.is(tap.supportedOffloads & (TUN_F_CSUM | TUN_F_TSO4), TUN_F_CSUM | TUN_F_TSO4);
+  tap.setOffload(TUN_F_CSUM | TUN_F_TSO4);
+  t.is(tap.offloads, TUN_F_CSUM | TUN_F_TSO4);
+  tap.setOffload(0);
+  const e = t.throws(() => Tap.open(TAP), { instanceOf: TsvisorError });
+  t.regex(e!.message, /busy/);
+  setupNamespace(tap);
+  t.true(inNs('ip', '-o', 'link', 'show', TAP).includes(TAP), 'the TAP now lives in the test namespace');
+});
+
+tapTest('a frame written through the backend reaches the namespace, and its ARP reply comes back', async (t) => {
+  const tap = opened[0];
+  if (!tap) return t.fail('no TAP (previous test failed)');
+  const stat = () => Number(inNs('cat', `/sys/class/net/${TAP}/statistics/rx_packets`).trim());
+  const before = stat();
+  t.is(writeFrame(tap, 12, arpRequest(GUEST_MAC, GUEST_IP, HOST_IP)), 12 + 42);
+  const reply = await readUntil(tap, 12, (f) => isArp(f, 2));
+  t.truthy(reply, 'an ARP reply from the namespace kernel');
+  t.deepEqual([...reply!.subarray(0, 6)], GUEST_MAC, 'addressed to the guest');
+  t.deepEqual([...reply!.subarray(28, 32)], HOST_IP, 'for 10.211.0.1');
+  t.is(stat() - before, 1, 'the namespace side counted one received frame');
+});
+
+tapTest('a frame sent from the namespace side (ping → ARP request) is read by the backend', async (t) => {
+  const tap = opened[0];
+  if (!tap) return t.fail('no TAP (previous test failed)');
+  const ping = spawn('ip', ['netns', 'exec', NS, 'ping', '-c1', '-W1', '10.211.0.3'], { stdio: 'ignore' });
+  t.teardown(() => ping.kill());
+  const req = await readUntil(tap, 12, (f) => isArp(f, 1) && f[38] === 10 && f[41] === 3);
+  t.truthy(req, 'an ARP request for 10.211.0.3');
+  t.deepEqual([...req!.subarray(28, 32)], HOST_IP);
+});
+
+tapTest('virtio-net over the real TAP: guest TX ARP request → device → namespace → ARP reply → device RX into guest buffers', async (t) => {
+  const tap = opened[0];
+  if (!tap) return t.fail('no TAP (previous test failed)');
+  const { mem, free } = nativeGuestMemory(4 << 20);
+  const features = featureSet(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX);
+  t.true((offeredFeatures({ backendOffloads: tap.supportedOffloads }) / 2 ** 15) % 2 >= 1);
+  const sizes = netQueueSizes({});
+  const ts = new TransportState(createTransportState({ numQueues: 3, queueMaxSizes: sizes, msixVectors: 0, deviceFeatures: BigInt(features), intxGsi: -1 }));
+  const drivers = [new VringDriver(mem, sizes[0], 0x10000), new VringDriver(mem, sizes[1], 0x20000), new VringDriver(mem, 64, 0x30000)];
+  drivers.forEach((d, i) => {
+    d.eventIdxMode = true;
+    ts.setQueueSize(i, d.size);
+    ts.setQueueAddrs(i, d.desc, d.avail, d.used);
+    ts.setQueueEnabled(i, true);
+  });
+  ts.setDriverFeaturesWord(0, features % 2 ** 32);
+  ts.setDriverFeaturesWord(1, Math.floor(features / 2 ** 32));
+  const loop = new MainLoop();
+  const irq = new CountingIrq();
+  const cfg = VirtioNetConfig.create(Uint8Array.from(GUEST_MAC));
+  const net = new VirtioNet(loop, mem, tap, ts, cfg, irq, {});
+  const d = net.doorbells;
+  const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(features), doorbellFds: { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd } }, {
+    rx: new DoorbellRinger(d.rx.fd), tx: new DoorbellRinger(d.tx.fd), ctrl: new DoorbellRinger(d.ctrl.fd), control: new DoorbellRinger(d.control.fd),
+  });
+  vcpu.attach(ts);
+  t.teardown(() => {
+    net.close();
+    loop.close();
+    free();
+  });
+  // Drain what the namespace sent before (earlier tests' ARP traffic).
+  await readUntil(tap, 12, () => false, 200);
+  ts.status = VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK;
+  vcpu.onStatusChange(0, ts.status);
+  await until(() => net.isActive);
+  t.is(tap.kernelVnetHdrLen(), 12);
+  const [rx, tx] = drivers;
+  for (let i = 0; i < 16; i++) rx.addChain([{ gpa: 0x200000 + i * 0x1000, len: 2048, write: true }]);
+  rx.kick();
+  vcpu.onQueueNotify(0);
+  // The guest asks who has 10.211.0.1 (a different sender IP than before, so the neighbour entry is new).
+  const req = arpRequest(GUEST_MAC, [10, 211, 0, 4], HOST_IP);
+  mem.write(0x100000, new Uint8Array(12));
+  mem.write(0x100100, req);
+  tx.addChain([{ gpa: 0x100000, len: 12 }, { gpa: 0x100100, len: req.length }]);
+  tx.kick();
+  vcpu.onQueueNotify(1);
+  await until(() => tx.usedIdx() === 1, 3000, 'TX completion');
+  t.is(net.stats.txPackets, 1);
+  let reply: Uint8Array | null = null;
+  await until(() => {
+    for (const u of rx.takeUsed()) {
+      const i = u.id; // chains were added as single descriptors 0..15
+      const f = mem.read(0x200000 + i * 0x1000, u.len)!;
+      t.is(f[10] | (f[11] << 8), 1, 'num_buffers');
+      if (isArp(f.subarray(12), 2)) reply = f.subarray(12);
+    }
+    return reply !== null;
+  }, 3000, 'the ARP reply in a guest RX buffer');
+  t.deepEqual([...reply!.subarray(28, 32)], HOST_IP);
+  t.deepEqual([...reply!.subarray(38, 42)], [10, 211, 0, 4]);
+  t.true(irq.queue[0] >= 1, 'an RX interrupt');
+  t.true(irq.queue[1] >= 1, 'a TX interrupt');
+});
+
+// ------------------------------------------------ permission errors (no TAP is created)
+
+const canSetpriv = canTap && existsSync('/usr/bin/setpriv');
+const privTest = canSetpriv ? test.serial : test.skip;
+
+function openAs(setprivArgs: string[], name: string): string {
+  const script = `import(${JSON.stringify(new URL('../src/net/tap.js', import.meta.url).href)}).then((m) => { try { m.Tap.open(${JSON.stringify(name)}); console.log('opened'); } catch (e) { console.log(e.name + ': ' + e.line); } })`;
+  return execFileSync('setpriv', [...setprivArgs, process.execPath, '-e', script], { encoding: 'utf8', cwd: '/' }).trim();
+}
+
+privTest('without CAP_NET_ADMIN, creating a TAP fails with a one-line error that says how to pre-create it', (t) => {
+  const name = `tsv${randomBytes(4).toString('hex')}`;
+  const out = openAs(['--bounding-set=-net_admin', '--inh-caps=-net_admin'], name);
+  t.regex(out, /^TsvisorError: cannot use TAP tsv[0-9a-f]+: creating a TAP needs CAP_NET_ADMIN/);
+  t.true(out.includes(`ip tuntap add dev ${name} mode tap user $USER vnet_hdr`));
+  t.throws(() => ip('link', 'show', name), undefined, 'no TAP was created');
+});
+
+privTest('without access to /dev/net/tun the error says so', (t) => {
+  const out = openAs(['--reuid=65534', '--regid=65534', '--clear-groups'], 'tsvnobody0');
+  t.regex(out, /^TsvisorError: \/dev\/net\/tun is not accessible/);
+});
