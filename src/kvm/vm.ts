@@ -12,6 +12,7 @@ export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 export const KVM_IOEVENTFD_FLAG_PIO = 1 << 1;
 export const KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2;
 export const KVM_IRQ_ROUTING_IRQCHIP = 1;
+export const KVM_PIT_SPEAKER_DUMMY = 1;
 export const KVM_IRQ_ROUTING_MSI = 2;
 
 /** The VM ioctls that any thread may issue, over a VM fd number. */
@@ -115,9 +116,14 @@ export class KvmVm extends VmHandle {
     this.vmCall('KVM_CREATE_IRQCHIP', abi.KVM_CREATE_IRQCHIP, 0);
   }
 
-  /** The i8254 PIT in the kernel (flags 0: no speaker port dummy). */
+  /**
+   * The i8254 PIT in the kernel, with its port 0x61 (speaker gate and
+   * channel 2 output): guests time the TSC against channel 2 through it, and
+   * without it 0x61 would read as all-ones (an output that fired at once).
+   */
   createPit2(): void {
     this.nb.clear();
+    this.nb.dv.setUint32(0, KVM_PIT_SPEAKER_DUMMY, true);
     this.vmCall('KVM_CREATE_PIT2', abi.KVM_CREATE_PIT2, this.nb.address);
   }
 
