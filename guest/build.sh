@@ -19,7 +19,9 @@ if [ ! -f "$root/dist/scripts/build-initramfs.js" ]; then
   (cd "$root" && node scripts/build.js --no-check)
 fi
 mkdir -p "$out"
-node "$root/dist/scripts/build-initramfs.js" --busybox "$busybox" --init "$here/init" --out "$out/initramfs.cpio"
+# The syscall-free init for kvm_pvm (guest/idle.c), freestanding, no libc.
+gcc -static -nostdlib -O2 -fno-stack-protector -fno-pie -no-pie -s -o "$out/tsvisor-idle" "$here/idle.c"
+node "$root/dist/scripts/build-initramfs.js" --busybox "$busybox" --init "$here/init" --idle "$out/tsvisor-idle" --out "$out/initramfs.cpio"
 for f in vmlinux bzImage System.map; do
   ln -f "$kernel/$f" "$out/$f" 2>/dev/null || cp -f "$kernel/$f" "$out/$f"
 done

@@ -67,6 +67,8 @@ export interface BootInfo {
   hostKind: HostKind;
   hostParams: string[];
   memMiB: number;
+  /** The guest's TSC frequency in kHz (KVM_GET_TSC_KHZ), 0 if unknown. */
+  tscKhz: number;
 }
 
 const MIN_MEM_MIB = 8;
@@ -241,7 +243,7 @@ export class Vm {
     if (mb) {
       const cmdline = opts.cmdline ?? '';
       cpu = loadMultiboot(mem, memBytes, kernelBytes, mb, cmdline, kernelName);
-      info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB };
+      info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
     } else {
       const kernel = parseLinuxKernel(kernelBytes, kernelName);
       const cmdline = [opts.cmdline ?? '', ...hostParams].filter((s) => s.length > 0).join(' ');
@@ -251,7 +253,7 @@ export class Vm {
         cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
         pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
       });
-      info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB };
+      info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
     }
 
     vcpu.setCpuid(vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind));

@@ -95,6 +95,21 @@ export interface GuestInitramfsOptions {
    * (uncompressed .ko); stored in /lib/modules with a load-order list for /init.
    */
   modules?: [string, Uint8Array][];
+  /** /bin/tsvisor-idle (guest/idle.c): an init that makes no system calls, for kvm_pvm. */
+  idle?: Uint8Array;
+}
+
+/** Path of the syscall-free init in the guest (see guest/idle.c). */
+export const GUEST_IDLE_INIT = '/bin/tsvisor-idle';
+
+/**
+ * Kernel parameters that make the guest run `/bin/tsvisor-idle` as init for
+ * `cycles` TSC cycles: on kvm_pvm, where init cannot make system calls, this
+ * keeps the kernel (and its network stack) up that long, then init dies, the
+ * kernel panics and panic=-1 ends the run with a reboot.
+ */
+export function idleInitArgs(cycles: number): string {
+  return `rdinit=${GUEST_IDLE_INIT} tsvisor_idle_cycles=${Math.round(cycles)}`;
 }
 
 /** The initramfs of tsvisor's guests: busybox, its applet links, /init, /dev/console and /dev/null. */
@@ -107,6 +122,7 @@ export function guestInitramfs(opts: GuestInitramfsOptions): Initramfs {
   fs.addFile('bin/busybox', opts.busybox, 0o755);
   for (const a of GUEST_APPLETS) fs.addSymlink(`bin/${a}`, 'busybox');
   fs.addFile('init', opts.init, 0o755);
+  if (opts.idle) fs.addFile(GUEST_IDLE_INIT.slice(1), opts.idle, 0o755);
   fs.addFile('etc/hostname', 'tsvisor\n');
   const modules = opts.modules ?? [];
   if (modules.length > 0) {

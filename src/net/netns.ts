@@ -2,7 +2,7 @@
 // and the benchmarks): a namespace made here, a TAP opened inside it, commands
 // run inside it, and the namespace deleted afterwards — which deletes the TAP
 // too. Traffic between host side and guest never leaves the namespace.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import koffi from 'koffi';
 import * as libc from '../sys/libc.js';
@@ -43,6 +43,25 @@ export class NetNamespace {
   exec(argv: string[], opts: { timeoutMs?: number; input?: string } = {}): { status: number; out: string } {
     const r = spawnSync('ip', ['netns', 'exec', this.name, ...argv], { encoding: 'utf8', timeout: opts.timeoutMs, input: opts.input });
     return { status: r.status ?? 1, out: `${r.stdout ?? ''}${r.stderr ?? ''}` };
+  }
+
+  /**
+   * Runs a command inside the namespace without blocking the main loop (which
+   * may be running a guest's devices); resolves with its status and output.
+   */
+  run(argv: string[], opts: { timeoutMs?: number } = {}): Promise<{ status: number; out: string }> {
+    return new Promise((resolve) => {
+      const child = spawn('ip', ['netns', 'exec', this.name, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      child.on('close', (code) => resolve({ status: code ?? 1, out }));
+    });
+  }
+
+  /** Starts a long-running command inside the namespace (kill it when done). */
+  start(argv: string[]): ChildProcess {
+    return spawn('ip', ['netns', 'exec', this.name, ...argv], { stdio: ['ignore', 'pipe', 'inherit'] });
   }
 
   /** Like exec, but throws with the output when the command fails. */
