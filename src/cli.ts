@@ -6,7 +6,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { TsvisorError, usageError } from './errors.js';
 import { Vm, type BootOptions, type VmExit } from './vm.js';
 import { defaultGuestPaths, DEFAULT_GUEST_MISSING } from './guest/default-guest.js';
-import { formatStats, topSymbols } from './stats.js';
+import { formatStats, formatNetStats, topSymbols } from './stats.js';
+import { parseNetOption, sandboxIpParam, SANDBOX_GUEST_IP, SANDBOX_HOST_IP, type NetSpec } from './net/net-option.js';
+import { Sandbox } from './net/sandbox.js';
+import { idleInitArgs } from './guest/default-guest.js';
+import { detectHostKind } from './kvm/system.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -34,6 +38,14 @@ Options:
   --append "ARGS"       kernel command line (default for the default guest:
                         "console=ttyS0 panic=-1")
   --mem MIB             guest RAM in MiB (default 256)
+  --net tap:NAME[,mac=M]  a virtio-net NIC on TAP NAME (an existing TAP you own needs
+                        no root; a new one needs CAP_NET_ADMIN)
+  --net tap[,mac=M]     a virtio-net NIC on a new TAP (CAP_NET_ADMIN)
+  --net sandbox[,mac=M] a network namespace for this run with the TAP inside:
+                        host side 10.0.2.2/24, guest 10.0.2.15 (Linux guests get
+                        ip= for it); the host pings the guest once it is up; all
+                        of it is deleted at exit (needs root)
+  --tx-burst N          packets one TX bottom-half run sends (default 256)
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator
@@ -62,6 +74,8 @@ const RUN_OPTIONS = {
   profile: { type: 'string' },
   'system-map': { type: 'string' },
   verbose: { type: 'boolean' },
+  net: { type: 'string' },
+  'tx-burst': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -113,6 +127,9 @@ async function run(argv: string[]): Promise<number> {
   const timeoutS = values.timeout === undefined ? undefined : positiveInt('timeout', values.timeout, 60);
   const profileMs = values.profile === undefined ? undefined : positiveInt('profile', values.profile, 50);
 
+  const netSpec: NetSpec | undefined = values.net === undefined ? undefined : parseNetOption(values.net);
+  const txBurst = values['tx-burst'] === undefined ? undefined : positiveInt('tx-burst', values['tx-burst'], 256);
+  const defaultGuest = values.kernel === undefined;
   let kernel = values.kernel;
   let initrd = values.initrd;
   let cmdline = values.append;
@@ -122,9 +139,16 @@ async function run(argv: string[]): Promise<number> {
     if (!guest) throw new TsvisorError(DEFAULT_GUEST_MISSING, 1, 'it builds the kernel and initramfs from Debian packages, about 10 minutes the first time');
     kernel = guest.kernel;
     initrd ??= guest.initrd;
-    cmdline ??= 'console=ttyS0 panic=-1';
+    if (cmdline === undefined) {
+      cmdline = 'console=ttyS0 panic=-1';
+      // On kvm_pvm the guest's init cannot run; with a network to show, keep
+      // the kernel up for a minute with the syscall-free init instead.
+      if (netSpec?.mode === 'sandbox' && detectHostKind() === 'kvm_pvm') cmdline += ` ${idleInitArgs(3e9 * 60)}`;
+    }
     systemMap ??= guest.systemMap;
   }
+  // The sandbox's addresses, for Linux guests that did not choose their own.
+  const linuxParams = netSpec?.mode === 'sandbox' && !/(^|\s)ip=/.test(cmdline ?? '') ? [sandboxIpParam()] : [];
   const opts: BootOptions = {
     kernel,
     initrd: initrd ?? null,
@@ -132,15 +156,46 @@ async function run(argv: string[]): Promise<number> {
     memMiB,
     timeoutMs: timeoutS === undefined ? undefined : timeoutS * 1000,
     sampleRipMs: profileMs,
+    linuxParams,
     hostParams: values['host-params'] === undefined ? undefined : values['host-params'].split(/\s+/).filter(Boolean),
   };
 
-  const vm = await Vm.boot(opts);
+  let sandbox: Sandbox | undefined;
+  if (netSpec) {
+    if (netSpec.mode === 'sandbox') sandbox = Sandbox.create();
+    opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst };
+  }
+  let vm: Vm;
+  try {
+    vm = await Vm.boot(opts);
+  } catch (e) {
+    sandbox?.close();
+    throw e;
+  }
+  try {
+    return await supervise(vm, values, profileMs, systemMap, sandbox, defaultGuest);
+  } finally {
+    sandbox?.close();
+  }
+}
+
+async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, defaultGuest: boolean): Promise<number> {
   if (values.verbose) {
     const i = vm.info;
     process.stderr.write(`tsvisor: ${i.format}${i.compression ? ` (${i.compression} payload, decompressed on the host)` : ''}, ${i.memMiB} MiB, host ${i.hostKind}\n`);
     process.stderr.write(`tsvisor: command line: ${i.cmdline}\n`);
     if (i.hostParams.length) process.stderr.write(`tsvisor: host parameters (--host-params to change): ${i.hostParams.join(' ')}\n`);
+  }
+  if (sandbox) {
+    process.stderr.write(`tsvisor: network sandbox: namespace ${sandbox.ns.name}, ${sandbox.tap.name} ${SANDBOX_HOST_IP}/24, guest ${SANDBOX_GUEST_IP}; try: ip netns exec ${sandbox.ns.name} ping ${SANDBOX_GUEST_IP}\n`);
+    if (defaultGuest && vm.info.hostKind === 'kvm_pvm') {
+      process.stderr.write('tsvisor: on kvm_pvm guest user space cannot make system calls: the guest kernel boots and answers the network for a minute, then its init dies and the run ends\n');
+    }
+    // Once the guest kernel has configured its address and finished booting, show the host reaching it.
+    vm.console.waitFor(/IP-Config: Complete[^]*Run \S+ as init process/, { fromStart: true }).then(async () => {
+      const r = await sandbox.pingGuest(5);
+      process.stderr.write(`\ntsvisor: host → guest ping ${r.ok ? 'answered' : 'FAILED'}: ${r.summary}\n`);
+    }, () => {});
   }
   const restoreTerminal = attachTerminal(vm);
   const onSignal = (sig: NodeJS.Signals) => {
@@ -163,8 +218,8 @@ async function run(argv: string[]): Promise<number> {
   } else if (values.verbose) {
     process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
   }
-  if (values.stats) process.stderr.write(formatStats(exit.stats));
-  if (values['stats-json']) writeFileSync(values['stats-json'], JSON.stringify({ status: exit.status, kind: exit.kind, reason: exit.reason, stats: exit.stats }, null, 2));
+  if (values.stats) process.stderr.write(formatStats(exit.stats) + (exit.net ? formatNetStats(exit.net) : ''));
+  if (values['stats-json']) writeFileSync(values['stats-json'], JSON.stringify({ status: exit.status, kind: exit.kind, reason: exit.reason, stats: exit.stats, net: exit.net }, null, 2));
   if (profileMs && exit.stats.ripSamples) process.stderr.write(topSymbols(exit.stats.ripSamples, systemMap));
   if (signalled) return 128 + (signalled === 'SIGINT' ? 2 : 15);
   return exit.status;

@@ -19,6 +19,22 @@ export function formatStats(s: ExitStats): string {
   ].join('');
 }
 
+/** The NIC's counters (VirtioNet.snapshot()), one per line, drops broken out. */
+export function formatNetStats(net: Record<string, unknown>): string {
+  const lines: string[] = [];
+  for (const [k, v] of Object.entries(net)) {
+    if (k === 'drops' && v && typeof v === 'object') {
+      const drops = Object.entries(v as Record<string, number>).filter(([, n]) => n > 0).map(([d, n]) => `${d} ${n}`);
+      lines.push(`  drops: ${drops.length ? drops.join(', ') : 'none'}`);
+    } else if (Array.isArray(v)) {
+      if (v.length) lines.push(`  ${k}: ${v.join('; ')}`);
+    } else {
+      lines.push(`  ${k}: ${String(v)}`);
+    }
+  }
+  return `virtio-net:\n${lines.join('\n')}\n`;
+}
+
 /** Resolves RIP samples with a System.map and lists the hottest symbols. */
 export function topSymbols(samples: Record<string, number>, systemMap?: string, count = 25): string {
   let syms: Array<[bigint, string]> = [];

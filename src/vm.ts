@@ -37,6 +37,8 @@ export interface BootOptions {
   cmdline?: string;
   /** Guest RAM in MiB (default 256). */
   memMiB?: number;
+  /** Parameters appended for Linux kernels only (a multiboot image gets `cmdline` as is). */
+  linuxParams?: string[];
   /** Parameters appended for this host kind; default: `defaultHostParams` (none on hardware KVM). */
   hostParams?: string[];
   /** Wall-clock limit; the run ends with kind 'timeout' after it. */
@@ -58,6 +60,8 @@ export interface VmExit {
   code?: number;
   reason: string;
   stats: ExitStats;
+  /** The NIC's counters at the end (packets, bytes, kicks, BH runs, interrupts, drops), when there was one. */
+  net?: Record<string, unknown>;
 }
 
 export interface BootInfo {
@@ -135,8 +139,9 @@ export class Vm {
         drain();
         for (const t of this.timers) clearTimeout(t);
         this.console.end(m.message);
+        const net = this.net?.snapshot();
         this.release();
-        resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats });
+        resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats, net });
       };
       this.worker.on('message', (m: VcpuExitMessage) => {
         if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: this.pendingMessage };
@@ -246,7 +251,7 @@ export class Vm {
       info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
     } else {
       const kernel = parseLinuxKernel(kernelBytes, kernelName);
-      const cmdline = [opts.cmdline ?? '', ...hostParams].filter((s) => s.length > 0).join(' ');
+      const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
       cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
       const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
       writeMpTable(mem, MPTABLE_ADDR, {

@@ -55,3 +55,15 @@ kvmTestSerial('firmware tx-burst: a TX burst that fills the ring reaches the TAP
   t.is(r.exit.status, 1);
   t.true(net.counters().rxPackets - before.rxPackets >= 2000, 'every frame arrived in the namespace');
 }, () => netMissing() ?? firmwareMissing('tx-burst')());
+
+kvmTestSerial('tsvisor run --net sandbox: the guest pings the host inside a namespace that is gone afterwards', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const { join } = await import('node:path');
+  const { repoRoot } = await import('./helpers/kvm.js');
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/tsvisor.js'), 'run', '--kernel', firmwareImage('ping'), '--append', 'count=5', '--net', 'sandbox,mac=52:54:00:00:00:42', '--mem', '64', '--timeout', '60'], { encoding: 'utf8', timeout: 90_000 });
+  t.regex(r.stdout, /ping: 5\/5 replies/);
+  t.is(r.status, 1);
+  const ns = /namespace (\S+),/.exec(r.stderr)?.[1];
+  t.truthy(ns, r.stderr);
+  t.false(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(ns!), 'the namespace (and its TAP) was deleted');
+}, needsPing);
