@@ -20,9 +20,9 @@ export interface NetSpec {
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
 
 export function parseMac(text: string): string {
-  if (!MAC_RE.test(text)) throw usageError(`"${text}" is not a MAC address`, 'write six hex pairs, e.g. mac=52:54:00:12:34:56');
+  if (!MAC_RE.test(text)) throw usageError(`--net mac "${text}" is not a MAC address`, 'write six hex pairs, e.g. mac=52:54:00:12:34:56');
   const mac = text.toLowerCase();
-  if (parseInt(mac.slice(0, 2), 16) & 1) throw usageError(`MAC ${mac} is a multicast address`, 'the first byte must be even, e.g. 52:54:00:…');
+  if (parseInt(mac.slice(0, 2), 16) & 1) throw usageError(`--net mac ${mac} is a multicast address`, 'the first byte must be even, e.g. 52:54:00:…');
   return mac;
 }
 

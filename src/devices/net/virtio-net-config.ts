@@ -12,6 +12,7 @@
 // that issued that command does not do.
 import { hasFeature, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_MAC_ADDR } from './virtio-net-features.js';
 import { TsvisorError } from '../../errors.js';
+import { macBytes, parseMac as parseMacText } from '../../net/net-option.js';
 
 export const VIRTIO_NET_S_LINK_UP = 1;
 export const VIRTIO_NET_S_ANNOUNCE = 2;
@@ -24,7 +25,7 @@ export const VIRTIO_NET_CONFIG_MTU = 10;
 export const VIRTIO_NET_CONFIG_SIZE = 12;
 
 /** QEMU's default MAC prefix and address, stable across runs. */
-export const DEFAULT_MAC = '52:54:00:12:34:56';
+export { DEFAULT_MAC } from '../../net/net-option.js';
 
 // Int32 word indices after the config bytes.
 export const NET_WORD_TX_WAITING = 0;
@@ -39,15 +40,9 @@ const CTR_OFFSET = WORDS_OFFSET + 4 * WORDS;
 const CTRS = 4;
 export const VIRTIO_NET_SHARED_BYTES = CTR_OFFSET + 8 * CTRS;
 
-/** Parses "52:54:00:12:34:56" (or with '-'); throws a TsvisorError naming --net mac. */
+/** Parses "52:54:00:12:34:56" into bytes; throws a usage error naming --net mac. */
 export function parseMac(text: string): Uint8Array {
-  const parts = text.split(/[:-]/);
-  if (parts.length !== 6 || !parts.every((p) => /^[0-9a-fA-F]{2}$/.test(p))) {
-    throw new TsvisorError(`--net mac "${text}" is not a MAC address`, 2, 'write it as six hex bytes, e.g. 52:54:00:12:34:56');
-  }
-  const mac = Uint8Array.from(parts.map((p) => parseInt(p, 16)));
-  if (mac[0] & 1) throw new TsvisorError(`--net mac ${text} is a multicast address`, 2, 'the first byte must be even, e.g. 52:54:00:…');
-  return mac;
+  return macBytes(parseMacText(text));
 }
 
 export function formatMac(mac: ArrayLike<number>): string {
