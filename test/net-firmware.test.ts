@@ -67,3 +67,41 @@ kvmTestSerial('tsvisor run --net sandbox: the guest pings the host inside a name
   t.truthy(ns, r.stderr);
   t.false(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.includes(ns!), 'the namespace (and its TAP) was deleted');
 }, needsPing);
+
+kvmTestSerial('firmware hostile: bad descriptors, loops, huge lengths and wrong indices break the device, never the VMM; after a reset it pings again', async (t) => {
+  const net = testNet(t);
+  const r = await runFirmware('hostile', 'verbose=1', net.tap);
+  t.regex(r.output, /hostile: survived steps=8 ping=ok needs_reset=8/, 'every step set DEVICE_NEEDS_RESET and the device worked again after a reset');
+  t.is(r.exit.kind, 'debug-exit');
+  t.is(r.exit.status, 1);
+  const errors = (r.exit.net?.deviceErrors ?? []) as string[];
+  t.is(errors.length, 8, `the device said what it refused: ${errors.join('; ')}`);
+}, () => netMissing() ?? firmwareMissing('hostile')());
+
+for (const transport of ['modern', 'legacy'] as const) {
+  kvmTestSerial(`firmware exits kind=notify: 1000 queue-notify writes on the ${transport} transport are dispatched to the device`, async (t) => {
+    const net = testNet(t);
+    const r = await runFirmware('exits', `kind=notify n=1000 transport=${transport}`, net.tap);
+    t.regex(r.output, /exits kind=notify n=1000 cycles_per_exit=\d+/);
+    t.is(r.exit.status, 1, 'and no buffer was used for a notify with nothing made available');
+    const region = transport === 'modern' ? 'virtio-net modern' : undefined;
+    if (region) t.true((r.exit.stats.mmioByRegion[region] ?? 0) >= 1000, 'the writes exited to the modern BAR');
+    else t.true(Object.entries(r.exit.stats.pioByPort).some(([port, n]) => /virtio/.test(port) && n >= 1000), 'the writes exited to the legacy I/O BAR');
+  }, () => netMissing() ?? firmwareMissing('exits')());
+}
+
+kvmTestSerial('firmware rx-sink: frames the host sends land in the guest, which answers pings', async (t) => {
+  const net = testNet(t);
+  const vm = await Vm.boot({ kernel: firmwareImage('rx-sink'), cmdline: 'count=0 answer=1 ready=1 idle=1500', memMiB: 64, timeoutMs: 60_000, net: { tap: net.tap } });
+  t.teardown(() => vm.stop());
+  await vm.console.waitFor(/rx-sink: ready/, { fromStart: true, timeoutMs: 30_000 });
+  const ping = await net.ns.run(['ping', '-c', '30', '-i', '0.02', '-W', '2', '10.0.2.15'], { timeoutMs: 30_000 });
+  const exit = await vm.exited;
+  // It counts until 1.5 s pass without a frame: the ARP request and 30 echo requests at least.
+  const m = /rx-sink: (\d+) frames bytes=\d+ cycles=\d+ answered=(\d+)/.exec(vm.console.output);
+  t.truthy(m, vm.console.output);
+  t.true(Number(m![1]) >= 31, `frames received: ${m![1]}`);
+  t.true(Number(m![2]) >= 31, `frames answered: ${m![2]}`);
+  t.regex(ping.out, /30 packets transmitted, 30 received/);
+  t.is(exit.status, 1);
+}, () => netMissing() ?? firmwareMissing('rx-sink')());
