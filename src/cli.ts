@@ -46,6 +46,8 @@ Options:
                         ip= for it); the host pings the guest once it is up; all
                         of it is deleted at exit (needs root)
   --tx-burst N          packets one TX bottom-half run sends (default 256)
+  --ioeventfd           bind queue-notify writes to eventfds (KVM_IOEVENTFD): no
+                        exit to userspace; the default is the exit path
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator
@@ -76,6 +78,7 @@ const RUN_OPTIONS = {
   verbose: { type: 'boolean' },
   net: { type: 'string' },
   'tx-burst': { type: 'string' },
+  ioeventfd: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -163,7 +166,9 @@ async function run(argv: string[]): Promise<number> {
   let sandbox: Sandbox | undefined;
   if (netSpec) {
     if (netSpec.mode === 'sandbox') sandbox = Sandbox.create();
-    opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst };
+    opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst, ioeventfd: values.ioeventfd };
+  } else if (values.ioeventfd) {
+    throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');
   }
   let vm: Vm;
   try {

@@ -9,7 +9,7 @@ import { testNet, netMissing } from './helpers/netns.js';
 
 const needsPing = () => netMissing() ?? firmwareMissing('ping')();
 
-async function runFirmware(image: string, cmdline: string, tap: import('../src/net/tap.js').Tap, extra: { txBurst?: number } = {}) {
+async function runFirmware(image: string, cmdline: string, tap: import('../src/net/tap.js').Tap, extra: { txBurst?: number; ioeventfd?: boolean } = {}) {
   const vm = await Vm.boot({ kernel: firmwareImage(image), cmdline, memMiB: 64, timeoutMs: 60_000, net: { tap, ...extra } });
   const exit = await vm.exited;
   return { exit, output: vm.console.output, net: vm.net?.snapshot?.() };
@@ -30,6 +30,21 @@ for (const [title, args] of [
     const after = net.counters();
     t.true(after.rxPackets - before.rxPackets >= 101, 'the namespace received the ARP request and 100 echo requests');
     t.true(after.txPackets - before.txPackets >= 101, 'and sent the ARP reply and 100 echo replies');
+  }, needsPing);
+}
+
+for (const transport of ['modern', 'legacy'] as const) {
+  kvmTestSerial(`firmware ping with --ioeventfd (${transport}): 100/100, and queue notifies no longer exit to userspace`, async (t) => {
+    const net = testNet(t);
+    const r = await runFirmware('ping', `transport=${transport} count=100`, net.tap, { ioeventfd: true });
+    t.regex(r.output, /ping: 100\/100 replies/);
+    t.is(r.exit.status, 1);
+    // Without ioeventfd each TX kick is an exit to the device (txKicks counts them on the vCPU side).
+    t.is(r.exit.net?.txKicks, 0, 'no TX notify reached the vCPU thread');
+    const n = await runFirmware('exits', `kind=notify n=1000 transport=${transport}`, net.tap, { ioeventfd: true });
+    t.is(n.exit.status, 1);
+    const notifyExits = transport === 'modern' ? n.exit.stats.mmioByRegion['virtio-net modern'] ?? 0 : Object.entries(n.exit.stats.pioByPort).filter(([p]) => /virtio/.test(p)).reduce((a, [, c]) => a + c, 0);
+    t.true(notifyExits < 200, `1000 notify writes, ${notifyExits} exits to that BAR (setup only)`);
   }, needsPing);
 }
 

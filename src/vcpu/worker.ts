@@ -45,7 +45,7 @@ pio.register(i8042, 0x64, 1);
 pio.register(new DebugExit(onEvent), 0xf4, 1);
 pio.register(new Sink('post'), 0x80, 1);
 // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
-createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm });
+createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm, vm });
 
 loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT);
 Atomics.store(control, CONTROL_RUNNING, 1);

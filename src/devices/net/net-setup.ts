@@ -16,9 +16,10 @@ export interface NetBootOptions extends VirtioNetOptions {
   /** TAP interface name to open (created if missing, needs CAP_NET_ADMIN), or a backend opened already (e.g. inside a namespace). */
   tap: string | NetBackend;
   /**
-   * Bind queue notifications to KVM ioeventfds (no exit to userspace). Not
-   * wired yet: the notify addresses move with the guest's BAR programming and
-   * the transport has no rebind hook. Accepted and ignored; exits are used.
+   * Bind queue notifications to KVM ioeventfds: the guest's notify write
+   * signals the queue's doorbell eventfd inside the kernel, with no exit to
+   * userspace, and the main loop's bottom half does the rest. Default: the
+   * exit path (the write exits and handle_tx runs on the vCPU thread).
    */
   ioeventfd?: boolean;
 }
@@ -67,6 +68,8 @@ export class NetSetup {
     this.vcpuData.doorbellFds = { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd };
     // The transport's reset hand-shake rings the same control doorbell.
     this.spec.doorbellFds.reset = d.control.fd;
+    // Queue order: RX 0, TX 1, control 2.
+    if (this.opts.ioeventfd) this.spec.ioeventfdFds = [d.rx.fd, d.tx.fd, d.ctrl.fd];
     this.device = dev;
     return dev;
   }

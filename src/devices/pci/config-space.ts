@@ -304,6 +304,7 @@ export class PciDevice {
   updateMappings(): void {
     const buses = this.buses;
     if (!buses) return;
+    let changed = false;
     const cmd = this.config.getWord(PCI_COMMAND);
     for (let i = 0; i < 6; i++) {
       const b = this.bars[i];
@@ -319,8 +320,18 @@ export class PciDevice {
       if (want === b.mapped) continue;
       this.unmap(b, buses);
       if (want >= 0) this.map(b, buses, want);
+      changed = true;
     }
+    if (changed) this.mappingsChanged();
   }
+
+  /** Where BAR `index` decodes now, or -1 when it is not mapped. */
+  barMapped(index: number): number {
+    return this.bars[index]?.mapped ?? -1;
+  }
+
+  /** Called after BARs were mapped, moved or unmapped (devices with kernel-side bindings follow them). */
+  protected mappingsChanged(): void {}
 
   private unmap(b: Bar, buses: PciBuses): void {
     if (b.mapped < 0) return;

@@ -7,6 +7,7 @@
 // data path: enough for a guest to enumerate and probe it (bring-up, tests).
 import type { MmioBus, PioBus } from '../../bus/io-bus.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { VmHandle } from '../../kvm/vm.js';
 import { DoorbellRinger } from '../../loop/bottom-half.js';
 import { PciBus } from '../pci/pci-bus.js';
 import { TransportState, type IrqSink, type VirtioDeviceVcpuSide } from './transport-state.js';
@@ -30,11 +31,18 @@ export interface VcpuDeviceSpec {
   deviceState?: SharedArrayBuffer;
   /** Device-specific plain options (structured-cloneable). */
   options?: Record<string, unknown>;
+  /**
+   * --ioeventfd: per queue, the eventfd KVM signals on that queue's notify
+   * write instead of exiting to userspace (the main thread's doorbell fds).
+   */
+  ioeventfdFds?: number[];
 }
 
 export interface VcpuDeviceContext {
   mem: GuestMemory;
   irq: IrqSink;
+  /** For KVM_IOEVENTFD bindings (devices described with `ioeventfdFds`). */
+  vm?: VmHandle;
 }
 
 export type VcpuDeviceFactory = (spec: VcpuDeviceSpec, state: TransportState, ctx: VcpuDeviceContext) => VirtioDeviceVcpuSide;
@@ -70,9 +78,30 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
     const bell = fd !== undefined && fd >= 0 ? new DoorbellRinger(fd) : null;
     const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {} });
     bus.plug(pci, spec.pciSlot);
+    if (spec.ioeventfdFds && ctx.vm) pci.followNotifyAddresses(notifyIoeventfds(ctx.vm, spec.ioeventfdFds));
     devices.push(pci);
   }
   return { bus, devices };
+}
+
+/**
+ * Binds each queue's notify write to its eventfd with KVM_IOEVENTFD, on the
+ * modern notify address (a 2-byte write, one address per queue) and the
+ * legacy QUEUE_NOTIFY port (2 bytes, matched on the queue index); rebinds
+ * when the guest moves a BAR. The write then never leaves the kernel.
+ */
+function notifyIoeventfds(vm: VmHandle, fds: number[]): (dev: VirtioPciDevice) => void {
+  let bound: Array<{ addr: number; len: number; eventfd: number; pio?: boolean; datamatch?: number }> = [];
+  return (dev) => {
+    for (const b of bound) vm.ioeventfd({ ...b, deassign: true });
+    bound = [];
+    fds.forEach((eventfd, queue) => {
+      const { legacyPort, modernGpa } = dev.notifyAddresses(queue);
+      if (modernGpa >= 0) bound.push({ addr: modernGpa, len: 2, eventfd });
+      if (legacyPort >= 0) bound.push({ addr: legacyPort, len: 2, eventfd, pio: true, datamatch: queue });
+    });
+    for (const b of bound) vm.ioeventfd(b);
+  };
 }
 
 const VIRTIO_ID_NET = 1;

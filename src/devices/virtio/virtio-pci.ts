@@ -249,12 +249,29 @@ export class VirtioPciDevice extends PciDevice {
     return c;
   }
 
-  /** Where a queue's notify write lands (for binding ioeventfds): the legacy port and the modern MMIO address. */
+  /**
+   * Where a queue's notify write lands (for binding ioeventfds): the legacy
+   * port and the modern MMIO address, or -1 where that BAR decodes nothing.
+   */
   notifyAddresses(queue: number): { legacyPort: number; modernGpa: number } {
+    const legacy = this.barMapped(LEGACY_BAR);
+    const modern = this.barMapped(MODERN_BAR);
     return {
-      legacyPort: this.barAddress(LEGACY_BAR) + VIRTIO_PCI_QUEUE_NOTIFY,
-      modernGpa: this.barAddress(MODERN_BAR) + MODERN_NOTIFY_OFFSET + queue * VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER,
+      legacyPort: legacy < 0 ? -1 : legacy + VIRTIO_PCI_QUEUE_NOTIFY,
+      modernGpa: modern < 0 ? -1 : modern + MODERN_NOTIFY_OFFSET + queue * VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER,
     };
+  }
+
+  private notifyBinder: ((dev: VirtioPciDevice) => void) | null = null;
+
+  /** `bind` runs now and whenever the BARs move, to keep kernel-side notify bindings where the guest writes. */
+  followNotifyAddresses(bind: (dev: VirtioPciDevice) => void): void {
+    this.notifyBinder = bind;
+    bind(this);
+  }
+
+  protected override mappingsChanged(): void {
+    this.notifyBinder?.(this);
   }
 
   // ---- PCI config space: MSI-X control and the PCI_CFG window ----
