@@ -16,8 +16,12 @@ export const KVM_PIT_SPEAKER_DUMMY = 1;
 export const KVM_IRQ_ROUTING_MSI = 2;
 
 /** The VM ioctls that any thread may issue, over a VM fd number. */
+/** Routes tsvisor installs at most: the PC's 24 pins and the MSI-X vectors of its devices. */
+const MAX_GSI_ROUTES = 128;
+
 export class VmHandle {
   private readonly buf = new libc.NativeBuffer(64);
+  private routingBuf: libc.NativeBuffer | undefined;
   constructor(readonly fd: number) {}
 
   private call(name: string, request: number, arg: bigint | number): number {
@@ -52,6 +56,32 @@ export class VmHandle {
     b.dv.setUint32(4, gsi, true);
     b.dv.setUint32(8, deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0, true);
     this.call('KVM_IRQFD', abi.KVM_IRQFD, b.address);
+  }
+
+  /**
+   * Replaces the GSI routing table. KVM's default routes GSI 0-23 to the
+   * IOAPIC (and 0-15 to the PIC); tsvisor keeps those and adds MSI routes for irqfd.
+   */
+  setGsiRouting(routes: Array<{ gsi: number; type: 'irqchip'; chip: number; pin: number } | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }>): void {
+    if (routes.length > MAX_GSI_ROUTES) throw new RangeError(`${routes.length} GSI routes, at most ${MAX_GSI_ROUTES}`);
+    const b = (this.routingBuf ??= new libc.NativeBuffer(8 + MAX_GSI_ROUTES * 48));
+    b.clear();
+    b.dv.setUint32(0, routes.length, true);
+    routes.forEach((r, i) => {
+      const o = 8 + i * 48;
+      b.dv.setUint32(o, r.gsi, true);
+      if (r.type === 'irqchip') {
+        b.dv.setUint32(o + 4, KVM_IRQ_ROUTING_IRQCHIP, true);
+        b.dv.setUint32(o + 16, r.chip, true);
+        b.dv.setUint32(o + 20, r.pin, true);
+      } else {
+        b.dv.setUint32(o + 4, KVM_IRQ_ROUTING_MSI, true);
+        b.dv.setUint32(o + 16, r.addressLo, true);
+        b.dv.setUint32(o + 20, r.addressHi, true);
+        b.dv.setUint32(o + 24, r.data, true);
+      }
+    });
+    this.call('KVM_SET_GSI_ROUTING', abi.KVM_SET_GSI_ROUTING, b.address);
   }
 
   /** Binds a guest write of `len` bytes at `addr` (MMIO, or PIO with `pio`) to an eventfd: no exit to userspace. */
@@ -125,32 +155,6 @@ export class KvmVm extends VmHandle {
     this.nb.clear();
     this.nb.dv.setUint32(0, KVM_PIT_SPEAKER_DUMMY, true);
     this.vmCall('KVM_CREATE_PIT2', abi.KVM_CREATE_PIT2, this.nb.address);
-  }
-
-  /**
-   * Replaces the GSI routing table. KVM's default routes GSI 0-23 to the
-   * IOAPIC (and 0-15 to the PIC); tsvisor keeps those and adds MSI routes for irqfd.
-   */
-  setGsiRouting(routes: Array<{ gsi: number; type: 'irqchip'; chip: number; pin: number } | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }>): void {
-    const size = 8 + routes.length * 48;
-    const b = size <= this.nb.size ? this.nb : new libc.NativeBuffer(size);
-    b.clear();
-    b.dv.setUint32(0, routes.length, true);
-    routes.forEach((r, i) => {
-      const o = 8 + i * 48;
-      b.dv.setUint32(o, r.gsi, true);
-      if (r.type === 'irqchip') {
-        b.dv.setUint32(o + 4, KVM_IRQ_ROUTING_IRQCHIP, true);
-        b.dv.setUint32(o + 16, r.chip, true);
-        b.dv.setUint32(o + 20, r.pin, true);
-      } else {
-        b.dv.setUint32(o + 4, KVM_IRQ_ROUTING_MSI, true);
-        b.dv.setUint32(o + 16, r.addressLo, true);
-        b.dv.setUint32(o + 20, r.addressHi, true);
-        b.dv.setUint32(o + 24, r.data, true);
-      }
-    });
-    this.vmCall('KVM_SET_GSI_ROUTING', abi.KVM_SET_GSI_ROUTING, b.address);
   }
 
   createVcpuFd(id: number): number {

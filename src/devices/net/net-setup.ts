@@ -4,6 +4,9 @@
 // exists, starts the data path (VirtioNet) with an InterruptSender of its own.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { MainLoop } from '../../loop/main-loop.js';
+import { DoorbellRinger } from '../../loop/bottom-half.js';
+import type { VmHandle } from '../../kvm/vm.js';
+import { close, eventfd, errno, SyscallError, EFD_CLOEXEC } from '../../sys/libc.js';
 import { Tap, type NetBackend } from '../../net/tap.js';
 import { createTransportState, InterruptSender, TransportState, type IrqSink } from '../virtio/transport-state.js';
 import type { VcpuDeviceSpec } from '../virtio/vcpu-devices.js';
@@ -18,11 +21,15 @@ export interface NetBootOptions extends VirtioNetOptions {
   /**
    * Bind queue notifications to KVM ioeventfds: the guest's notify write
    * signals the queue's doorbell eventfd inside the kernel, with no exit to
-   * userspace, and the main loop's bottom half does the rest. Default: the
-   * exit path (the write exits and handle_tx runs on the vCPU thread).
+   * userspace, and the main loop's bottom half does the rest; MSI-X
+   * interrupts go through irqfds. Default: the exit path (the write exits
+   * and handle_tx runs on the vCPU thread; interrupts by KVM_SIGNAL_MSI).
    */
   ioeventfd?: boolean;
 }
+
+/** GSIs of the irqfd routes, above the IOAPIC's 24 pins. */
+const IRQFD_GSI_BASE = 32;
 
 /** MSI-X vectors: one per queue plus config (QEMU's virtio-net: 2 * pairs + 2). */
 const NET_MSIX_VECTORS = VIRTIO_NET_NUM_QUEUES + 1;
@@ -35,6 +42,7 @@ export class NetSetup {
   private readonly ownsBackend: boolean;
   private readonly vcpuData: VirtioNetVcpuData;
   private device: VirtioNet | null = null;
+  private irqfds: number[] = [];
 
   /** Validates options and opens the TAP (TsvisorError on anything a user can fix). */
   constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number) {
@@ -61,7 +69,27 @@ export class NetSetup {
    * Starts the data path on `loop` and fills in the doorbell fds of the spec.
    * Call before the worker is created (the spec travels in its workerData).
    */
-  start(loop: MainLoop, memory: GuestMemory, irq: IrqSink): VirtioNet {
+  start(loop: MainLoop, memory: GuestMemory, vm: VmHandle): VirtioNet {
+    let irq: IrqSink = vm;
+    if (this.opts.ioeventfd) {
+      // irqfd: vector v's interrupt is a write to its eventfd; KVM injects the
+      // MSI its route holds (the worker keeps routes equal to the MSI-X table).
+      const ringers = Array.from({ length: NET_MSIX_VECTORS }, (_, v) => {
+        const fd = eventfd(0, EFD_CLOEXEC);
+        if (fd < 0) throw new SyscallError('eventfd', errno());
+        this.irqfds.push(fd);
+        vm.irqfd(fd, IRQFD_GSI_BASE + v);
+        return new DoorbellRinger(fd);
+      });
+      this.spec.irqfdGsiBase = IRQFD_GSI_BASE;
+      irq = {
+        irqLine: (gsi, level) => vm.irqLine(gsi, level),
+        signalMsi: (_lo, _hi, _data, vector) => {
+          ringers[vector].ring();
+          return 1;
+        },
+      };
+    }
     const sender = new InterruptSender(this.state, irq);
     const dev = new VirtioNet(loop, memory, this.backend, this.state, this.config, sender, this.opts);
     const d = dev.doorbells;
@@ -81,6 +109,8 @@ export class NetSetup {
   close(): void {
     this.device?.close();
     this.device = null;
+    for (const fd of this.irqfds) close(fd);
+    this.irqfds = [];
     if (this.ownsBackend) this.backend.close();
   }
 }

@@ -29,9 +29,12 @@ const CTRL_ENABLE = 1;
 const CTRL_MASKALL = 2;
 const MSIX_HEADER_WORDS = 4;
 
-/** Where an MSI goes: `VmHandle.signalMsi` (returns < 0 on failure, ignored). */
+/**
+ * Where an MSI goes: `VmHandle.signalMsi` (returns < 0 on failure, ignored),
+ * or with irqfd the eventfd of `vector`, whose KVM route carries the message.
+ */
 export interface MsiSink {
-  signalMsi(addressLo: number, addressHi: number, data: number): number;
+  signalMsi(addressLo: number, addressHi: number, data: number, vector: number): number;
 }
 
 /** The lock MsixShared's pending bits change under. */
@@ -105,7 +108,7 @@ export class MsixShared {
         return 0;
       }
       const e = this.tableBase + vector * 4;
-      sink.signalMsi(this.u32[e], this.u32[e + 1], this.u32[e + 2]);
+      sink.signalMsi(this.u32[e], this.u32[e + 1], this.u32[e + 2], vector);
       return 1;
     } finally {
       this.irqLock.unlock();
@@ -131,7 +134,7 @@ export class MsixShared {
           if (vector >= this.vectors || this.entryMasked(vector)) continue;
           Atomics.and(this.u32, this.pbaBase + i, ~(1 << b));
           const e = this.tableBase + vector * 4;
-          sink.signalMsi(this.u32[e], this.u32[e + 1], this.u32[e + 2]);
+          sink.signalMsi(this.u32[e], this.u32[e + 1], this.u32[e + 2], vector);
           n++;
         }
       }
@@ -160,6 +163,8 @@ export class Msix {
     bar: number,
     readonly tableOffset: number,
     readonly pbaOffset: number,
+    /** Called after the guest changed an entry's address or data (irqfd routes follow the table). */
+    private readonly onMessageChanged: () => void = () => {},
   ) {
     const n = shared.vectors;
     if (n < 1 || n > 2048) throw new RangeError(`MSI-X vector count ${n} out of 1..2048`);
@@ -216,7 +221,9 @@ export class Msix {
       this.shared.setEntryWord(vector, 3, value & PCI_MSIX_ENTRY_CTRL_MASKBIT);
       if (wasMasked && (value & PCI_MSIX_ENTRY_CTRL_MASKBIT) === 0) this.shared.deliverUnmasked(this.sink);
     } else {
+      const old = this.shared.entryWord(vector, word);
       this.shared.setEntryWord(vector, word, value);
+      if (old !== value >>> 0) this.onMessageChanged();
     }
   }
 

@@ -12,6 +12,7 @@ import { DoorbellRinger } from '../../loop/bottom-half.js';
 import { PciBus } from '../pci/pci-bus.js';
 import { TransportState, type IrqSink, type VirtioDeviceVcpuSide } from './transport-state.js';
 import { VirtioPciDevice } from './virtio-pci.js';
+import { pcGsiRoutes } from '../../firmware/mptable.js';
 import { VirtioNetVcpu, type VirtioNetVcpuData } from '../net/virtio-net-vcpu.js';
 
 /** A device the main thread asks the worker to put on the PCI bus (part of VcpuWorkerData). */
@@ -36,6 +37,11 @@ export interface VcpuDeviceSpec {
    * write instead of exiting to userspace (the main thread's doorbell fds).
    */
   ioeventfdFds?: number[];
+  /**
+   * --ioeventfd: MSI-X vector v is delivered through an irqfd on GSI
+   * `gsiBase + v`; the worker keeps those GSIs' routes equal to the table.
+   */
+  irqfdGsiBase?: number;
 }
 
 export interface VcpuDeviceContext {
@@ -76,7 +82,10 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
     const device = factory(spec, state, ctx);
     const fd = spec.doorbellFds.reset;
     const bell = fd !== undefined && fd >= 0 ? new DoorbellRinger(fd) : null;
-    const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {} });
+    const vm = ctx.vm;
+    const gsiBase = spec.irqfdGsiBase;
+    const onMsixMessageChanged = vm && gsiBase !== undefined ? () => vm.setGsiRouting([...pcGsiRoutes(), ...msixRoutes(state, gsiBase)]) : undefined;
+    const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {}, onMsixMessageChanged });
     bus.plug(pci, spec.pciSlot);
     if (spec.ioeventfdFds && ctx.vm) pci.followNotifyAddresses(notifyIoeventfds(ctx.vm, spec.ioeventfdFds));
     devices.push(pci);
@@ -102,6 +111,15 @@ function notifyIoeventfds(vm: VmHandle, fds: number[]): (dev: VirtioPciDevice) =
     });
     for (const b of bound) vm.ioeventfd(b);
   };
+}
+
+/** One MSI route per MSI-X vector, carrying the message the guest programmed (irqfd delivers through them). */
+export function msixRoutes(state: TransportState, gsiBase: number): Array<{ gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number }> {
+  const routes = [];
+  for (let v = 0; v < state.msixVectors; v++) {
+    routes.push({ gsi: gsiBase + v, type: 'msi' as const, addressLo: state.msix.entryWord(v, 0), addressHi: state.msix.entryWord(v, 1), data: state.msix.entryWord(v, 2) });
+  }
+  return routes;
 }
 
 const VIRTIO_ID_NET = 1;

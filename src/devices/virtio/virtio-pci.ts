@@ -156,6 +156,8 @@ export interface VirtioPciOptions {
   /** Wakes the main thread to reset its queues (a DoorbellRinger's ring). */
   ringReset: () => void;
   resetTimeoutMs?: number;
+  /** Called after the guest changed an MSI-X entry's address or data (to refresh irqfd routes). */
+  onMsixMessageChanged?: () => void;
 }
 
 /** Counters a test or --stats can read. */
@@ -213,7 +215,7 @@ export class VirtioPciDevice extends PciDevice {
     this.defineBar(LEGACY_BAR, { kind: 'io', size: legacySize, name: 'legacy', handler: { read: (o, s) => this.legacyRead(o, s), write: (o, s, v) => this.legacyWrite(o, s, v) } });
     const vectors = opts.state.msixVectors;
     if (vectors > 0) {
-      this.msix = new Msix(this.config, opts.state.msix, opts.irq, MSIX_BAR, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET);
+      this.msix = new Msix(this.config, opts.state.msix, opts.irq, MSIX_BAR, MSIX_TABLE_OFFSET, MSIX_PBA_OFFSET, opts.onMsixMessageChanged);
       if (this.msix.tableBytes > MSIX_PBA_OFFSET) throw new RangeError(`${vectors} MSI-X vectors do not fit before the PBA`);
       const m = this.msix;
       const msixBar: BarHandler = {
