@@ -4,6 +4,7 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { kvmTest, firmwareImage, firmwareMissing, repoRoot } from './helpers/kvm.js';
+import { testNet, netMissing } from './helpers/netns.js';
 
 function tsvisor(args: string[]) {
   const r = spawnSync(process.execPath, [join(repoRoot, 'bin/tsvisor.js'), ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -49,3 +50,26 @@ test('a file that is not a kernel is a runtime error with a hint', (t) => {
   t.is(r.status, 1);
   t.regex(r.stderr, /^tsvisor: .*package\.json is not a kernel.*\(pass a bzImage, a vmlinux or a multiboot image\)\n$/);
 });
+
+kvmTest('the exits guest program: N exits of each kind, every one dispatched and counted by tsvisor', async (t) => {
+  const { Vm } = await import('../src/vm.js');
+  for (const kind of ['pio_out', 'pio_in', 'mmio_write', 'mmio_read']) {
+    const vm = await Vm.boot({ kernel: firmwareImage('exits'), cmdline: `kind=${kind} n=400`, memMiB: 16, timeoutMs: 30_000 });
+    const exit = await vm.exited;
+    t.regex(vm.console.output, new RegExp(`exits kind=${kind} n=400 cycles_per_exit=\\d+`), kind);
+    t.is(exit.status, 1, kind);
+    // The default target is unclaimed: port 0xe0, or MMIO 0xd0000000 outside RAM and every BAR.
+    const counted = kind.startsWith('pio') ? exit.stats.pioByPort['0xe0 unclaimed'] ?? 0 : exit.stats.unclaimedMmio;
+    t.true(counted >= 400, `${kind}: ${counted} exits counted`);
+  }
+}, firmwareMissing('exits'));
+
+kvmTest('the arp guest program resolves the host inside a namespace', async (t) => {
+  const { Vm } = await import('../src/vm.js');
+  const net = testNet(t);
+  const vm = await Vm.boot({ kernel: firmwareImage('arp'), memMiB: 64, timeoutMs: 30_000, net: { tap: net.tap } });
+  const exit = await vm.exited;
+  const mac = net.ns.must(['cat', '/sys/class/net/tap0/address']).trim();
+  t.regex(vm.console.output, new RegExp(`arp: 10\\.0\\.2\\.2 is-at ${mac}`), 'the guest learned the TAP\'s own MAC');
+  t.is(exit.status, 1);
+}, () => netMissing() ?? firmwareMissing('arp')());
