@@ -120,3 +120,22 @@ kvmTestSerial('firmware rx-sink: frames the host sends land in the guest, which 
   t.regex(ping.out, /30 packets transmitted, 30 received/);
   t.is(exit.status, 1);
 }, () => netMissing() ?? firmwareMissing('rx-sink')());
+
+kvmTestSerial('the host setting the TAP down and up reaches the device as link status', async (t) => {
+  const net = testNet(t);
+  t.true(net.tap.hostUp?.(), 'the TAP is up in its namespace');
+  const vm = await Vm.boot({ kernel: firmwareImage('rx-sink'), cmdline: 'count=0 ready=1 idle=8000 start=8000', memMiB: 64, timeoutMs: 60_000, net: { tap: net.tap } });
+  t.teardown(() => vm.stop());
+  await vm.console.waitFor(/rx-sink: ready/, { fromStart: true, timeoutMs: 30_000 });
+  const until = async (want: boolean) => {
+    for (let i = 0; i < 40 && vm.net!.linkUp !== want; i++) await new Promise((r) => setTimeout(r, 100));
+    return vm.net!.linkUp;
+  };
+  t.true(await until(true));
+  net.ns.must(['ip', 'link', 'set', 'tap0', 'down']);
+  t.false(net.tap.hostUp?.());
+  t.false(await until(false), 'link down seen by the device');
+  net.ns.must(['ip', 'link', 'set', 'tap0', 'up']);
+  t.true(await until(true), 'and up again');
+  await vm.stop();
+}, needsPing);

@@ -8,7 +8,6 @@
 //
 // The data path (readv/writev) allocates nothing and returns -errno instead of
 // throwing, so EAGAIN costs a compare, not an exception.
-import { readFileSync } from 'node:fs';
 import { TsvisorError } from '../errors.js';
 import {
   NativeBuffer,
@@ -29,6 +28,10 @@ import {
   O_CLOEXEC,
   O_NONBLOCK,
   O_RDWR,
+  socket,
+  AF_INET,
+  SOCK_DGRAM,
+  SOCK_CLOEXEC,
 } from '../sys/libc.js';
 
 // ---- <linux/if_tun.h> ----
@@ -44,6 +47,8 @@ export const TUNGETIFF = tunIoc(IOC_READ, 210, 4);
 export const TUNSETSNDBUF = tunIoc(IOC_WRITE, 212, 4);
 export const TUNGETVNETHDRSZ = tunIoc(IOC_READ, 215, 4);
 export const TUNSETVNETHDRSZ = tunIoc(IOC_WRITE, 216, 4);
+/** <linux/sockios.h>: interface flags by name, on any socket of the interface's namespace. */
+const SIOCGIFFLAGS = 0x8913;
 
 export const IFF_TUN = 0x0001;
 export const IFF_TAP = 0x0002;
@@ -88,6 +93,8 @@ export interface NetBackend {
   setVnetHdrLen(len: number): void;
   /** Sets which offloads may arrive on RX (TUN_F_*). */
   setOffload(flags: number): void;
+  /** Whether the host side of the link is up; null when unknown. */
+  hostUp?(): boolean | null;
   close(): void;
 }
 
@@ -138,6 +145,9 @@ export class Tap implements NetBackend {
   private closed = false;
   private readonly buf = new NativeBuffer(IFREQ_SIZE);
 
+  private ctlSocket = -1;
+  private readonly ifreq = new NativeBuffer(IFREQ_SIZE);
+
   private constructor(readonly fd: number, readonly name: string, tunFeatures: number, hdrLen: number) {
     this.tunFeatures = tunFeatures;
     this.hdrLen = hdrLen;
@@ -171,6 +181,8 @@ export class Tap implements NetBackend {
       const end = buf.bytes.indexOf(0);
       const actual = Buffer.from(buf.bytes.subarray(0, end < 0 ? IFNAMSIZ : end)).toString('utf8');
       const tap = new Tap(fd, actual, features, hdrLen);
+      // For link-state queries; made now, so in the namespace the TAP was created in.
+      tap.ctlSocket = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
       tap.setVnetHdrLen(hdrLen);
       // Nothing offloaded until the guest negotiates what it takes.
       tap.setOffload(0);
@@ -233,23 +245,23 @@ export class Tap implements NetBackend {
   }
 
   /**
-   * Whether the host side of the interface is administratively up (IFF_UP in
-   * /sys/class/net/NAME/flags), or null when that cannot be read (the TAP was
-   * moved to another network namespace, sysfs is not mounted). Writes to a
-   * down TAP fail with EIO; the device reports the link down then.
+   * Whether the host side has the TAP up (IFF_UP), or null if that cannot be
+   * read. Asked through a socket made in the TAP's own network namespace (at
+   * open), so a TAP inside a namespace answers too.
    */
   hostUp(): boolean | null {
-    try {
-      const flags = parseInt(readFileSync(`/sys/class/net/${this.name}/flags`, 'utf8').trim(), 16);
-      return Number.isNaN(flags) ? null : (flags & IFF_UP) !== 0;
-    } catch {
-      return null;
-    }
+    if (this.ctlSocket < 0) return null;
+    const b = this.ifreq;
+    b.clear();
+    b.bytes.set(Buffer.from(this.name, 'utf8'), 0);
+    if (ioctl(this.ctlSocket, SIOCGIFFLAGS, b.address) < 0) return null;
+    return (b.dv.getUint16(IFREQ_FLAGS, true) & IFF_UP) !== 0;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.ctlSocket >= 0) libcClose(this.ctlSocket);
     libcClose(this.fd);
   }
 

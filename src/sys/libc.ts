@@ -13,6 +13,7 @@ export const read = lib.func('intptr_t read(int fd, uintptr_t buf, size_t count)
 export const write = lib.func('intptr_t write(int fd, uintptr_t buf, size_t count)') as (fd: number, buf: bigint, count: number) => number;
 export const readv = lib.func('intptr_t readv(int fd, uintptr_t iov, int iovcnt)') as (fd: number, iov: bigint, iovcnt: number) => number;
 export const writev = lib.func('intptr_t writev(int fd, uintptr_t iov, int iovcnt)') as (fd: number, iov: bigint, iovcnt: number) => number;
+export const socket = lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number;
 export const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number;
 export const fcntl = lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
 // koffi returns 64-bit integers as a Number when they fit in 53 bits, else a BigInt.
@@ -34,6 +35,9 @@ export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
 export const MADV_MERGEABLE = 12;
+export const AF_INET = 2;
+export const SOCK_DGRAM = 2;
+export const SOCK_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
 

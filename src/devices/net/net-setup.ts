@@ -28,6 +28,9 @@ export interface NetBootOptions extends VirtioNetOptions {
   ioeventfd?: boolean;
 }
 
+/** How often the TAP's host-side state is looked at. */
+const LINK_POLL_MS = 500;
+
 /** GSIs of the irqfd routes, above the IOAPIC's 24 pins. */
 const IRQFD_GSI_BASE = 32;
 
@@ -43,6 +46,7 @@ export class NetSetup {
   private readonly vcpuData: VirtioNetVcpuData;
   private device: VirtioNet | null = null;
   private irqfds: number[] = [];
+  private linkTimer: NodeJS.Timeout | undefined;
 
   /** Validates options and opens the TAP (TsvisorError on anything a user can fix). */
   constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number) {
@@ -99,6 +103,13 @@ export class NetSetup {
     // Queue order: RX 0, TX 1, control 2.
     if (this.opts.ioeventfd) this.spec.ioeventfdFds = [d.rx.fd, d.tx.fd, d.ctrl.fd];
     this.device = dev;
+    // The host setting the TAP down or up reaches the guest as VIRTIO_NET_S_LINK_UP
+    // and a config interrupt (when it negotiated STATUS).
+    this.linkTimer = setInterval(() => {
+      const up = this.backend.hostUp?.();
+      if (up !== null && up !== undefined && up !== dev.linkUp) dev.setLinkUp(up);
+    }, LINK_POLL_MS);
+    this.linkTimer.unref();
     return dev;
   }
 
@@ -107,6 +118,7 @@ export class NetSetup {
   }
 
   close(): void {
+    if (this.linkTimer) clearInterval(this.linkTimer);
     this.device?.close();
     this.device = null;
     for (const fd of this.irqfds) close(fd);
