@@ -30,8 +30,25 @@ kvmTestSerial('the default guest: boots, brings eth0 up on virtio-net, answers p
   await new Promise<void>((resolve) => listener.stdout!.once('data', () => resolve()));
   listener.stdout!.on('data', (d: Buffer) => (netconsole += d.toString('latin1')));
 
+  // Where guest user space runs: TCP both ways, 4 MiB each, hashed at both ends.
+  let tcp = '';
+  if (userSpaceRuns) {
+    const server = net.ns.start([process.execPath, '-e', `
+      const net = require('node:net'), crypto = require('node:crypto');
+      net.createServer((s) => { const h = crypto.createHash('sha256'); let n = 0;
+        s.on('data', (d) => { h.update(d); n += d.length; });
+        s.on('end', () => { console.log('host-recv-sha', h.digest('hex'), n); s.end(); }); }).listen(7001, '${SANDBOX_HOST_IP}');
+      const buf = crypto.randomBytes(4 << 20);
+      console.log('host-sent-sha', crypto.createHash('sha256').update(buf).digest('hex'));
+      net.createServer((s) => s.end(buf)).listen(7002, '${SANDBOX_HOST_IP}', () => console.log('listening'));`]);
+    t.teardown(() => server.kill());
+    server.stdout!.on('data', (d: Buffer) => (tcp += d.toString()));
+    await new Promise<void>((resolve) => server.stdout!.once('data', () => resolve()));
+  }
   const guestSide = 'uname -r; echo guest-says-$((6*7)); ' +
-    `ping -c 5 -W 5 ${SANDBOX_HOST_IP} && echo guest-ping-ok; grep -c virtio /proc/interrupts | sed "s/^/virtio-irq-lines=/"`;
+    `ping -c 5 -W 5 ${SANDBOX_HOST_IP} && echo guest-ping-ok; grep -c virtio /proc/interrupts | sed "s/^/virtio-irq-lines=/"; ` +
+    'dd if=/dev/urandom of=/tmp/out bs=65536 count=64 2>/dev/null; echo "guest-sent-sha $(sha256sum /tmp/out)"; ' +
+    `nc ${SANDBOX_HOST_IP} 7001 < /tmp/out; nc ${SANDBOX_HOST_IP} 7002 < /dev/null > /tmp/in; echo "guest-recv-sha $(sha256sum /tmp/in)"`;
   const cmdline = [
     'console=ttyS0 panic=-1',
     sandboxIpParam(),
@@ -70,6 +87,13 @@ kvmTestSerial('the default guest: boots, brings eth0 up on virtio-net, answers p
     t.regex(out, /guest-says-42/);
     t.regex(out, /guest-ping-ok/, 'the guest pinged the host');
     t.regex(out, /virtio-irq-lines=[1-9]/, 'virtio interrupts (MSI-X vectors) in /proc/interrupts');
+    const sha = (re: RegExp, text: string) => re.exec(text)?.[1];
+    const guestSent = sha(/guest-sent-sha ([0-9a-f]{64})/, out);
+    t.truthy(guestSent);
+    t.is(sha(/host-recv-sha ([0-9a-f]{64}) 4194304/, tcp), guestSent, '4 MiB guest → host over TCP, same sha256');
+    const hostSent = sha(/host-sent-sha ([0-9a-f]{64})/, tcp);
+    t.truthy(hostSent);
+    t.is(sha(/guest-recv-sha ([0-9a-f]{64})/, out), hostSent, '4 MiB host → guest over TCP, same sha256');
   } else {
     t.log(`guest user-space checks skipped: ${USER_SPACE_SKIP}`);
   }
