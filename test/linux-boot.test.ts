@@ -109,6 +109,23 @@ kvmTestSerial('the default guest: boots, brings eth0 up on virtio-net, answers p
   t.is(exit.status, 0);
 }, () => netMissing() ?? (defaultGuestPaths() ? null : DEFAULT_GUEST_MISSING));
 
+kvmTestSerial('the default guest over the legacy virtio-pci interface (virtio_pci.force_legacy=1): eth0 up, 20/20 pings', async (t) => {
+  const guest = defaultGuestPaths()!;
+  const net = testNet(t);
+  const cmdline = ['console=ttyS0 panic=-1 virtio_pci.force_legacy=1', sandboxIpParam(), userSpaceRuns ? guestCommandArg('sleep 10') : idleInitArgs(3e9 * 15)];
+  const vm = await Vm.boot({ kernel: guest.kernel, initrd: guest.initrd, cmdline: cmdline.join(' '), memMiB: 256, net: { tap: net.tap }, timeoutMs: 8 * 60_000 });
+  t.teardown(() => vm.stop());
+  await vm.console.waitFor(/IP-Config: Complete:[^]{0,80}?device=eth0/, { fromStart: true, timeoutMs: 8 * 60_000 });
+  await vm.console.waitFor(/Run \S+ as init process/, { fromStart: true, timeoutMs: 8 * 60_000 });
+  const ping = await net.ns.run(['ping', '-c', '20', '-i', '0.2', '-W', '5', SANDBOX_GUEST_IP], { timeoutMs: 60_000 });
+  t.regex(ping.out, /20 packets transmitted, 20 received/);
+  const exit = await vm.exited;
+  const legacyExits = Object.entries(exit.stats.pioByPort).filter(([port]) => /virtio/.test(port)).reduce((n, [, c]) => n + c, 0);
+  t.true(legacyExits > 0, `the driver used the legacy I/O BAR (${legacyExits} exits)`);
+  t.is(exit.stats.mmioByRegion['virtio-net modern'] ?? 0, 0, 'and never the modern BAR');
+  t.is(exit.status, 0);
+}, () => netMissing() ?? (defaultGuestPaths() ? null : DEFAULT_GUEST_MISSING));
+
 kvmTestSerial('a stock Debian cloud kernel (bzImage, host-decompressed) starts and prints its first lines', async (t) => {
   const guest = debianGuestPaths()!;
   const vm = await Vm.boot({ kernel: guest.bzImage, initrd: guest.initrd, cmdline: 'console=ttyS0 panic=-1', memMiB: 512, timeoutMs: 10 * 60_000 });
