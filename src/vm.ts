@@ -99,13 +99,14 @@ export class Vm {
   private readonly worker: Worker;
   private readonly control: Int32Array;
   private readonly runPage: DataView;
+  private readonly runPageSize: number;
   private finished = false;
   private timers: NodeJS.Timeout[] = [];
 
   private constructor(
     private readonly kvm: Kvm,
     private readonly kvmVm: KvmVm,
-    private readonly vcpuFd: number,
+    private readonly vcpu: Vcpu,
     private readonly ram: { address: bigint; size: number },
     workerData: VcpuWorkerData,
     serial: Serial16550,
@@ -116,7 +117,8 @@ export class Vm {
   ) {
     this.info = info;
     this.control = new Int32Array(workerData.control);
-    this.runPage = new DataView(libc.view(libc.mmap(workerData.mmapSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, vcpuFd, 0), workerData.mmapSize));
+    this.runPage = vcpu.run;
+    this.runPageSize = workerData.mmapSize;
     this.console = new GuestConsole((bytes) => {
       let off = 0;
       off += serial.receive(bytes);
@@ -180,103 +182,118 @@ export class Vm {
     const kernelName = typeof opts.kernel === 'string' ? opts.kernel : 'kernel';
 
     const kvm = new Kvm(opts.kvmPath);
+    // What was acquired so far, released in reverse if anything fails before the Vm exists.
+    const undo: Array<() => void> = [() => kvm.close()];
     try {
       kvm.requireExtensions({
         KVM_CAP_IRQCHIP: abi.KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY: abi.KVM_CAP_USER_MEMORY, KVM_CAP_SET_TSS_ADDR: abi.KVM_CAP_SET_TSS_ADDR,
         KVM_CAP_EXT_CPUID: abi.KVM_CAP_EXT_CPUID, KVM_CAP_PIT2: abi.KVM_CAP_PIT2, KVM_CAP_VCPU_EVENTS: abi.KVM_CAP_VCPU_EVENTS,
         KVM_CAP_IMMEDIATE_EXIT: abi.KVM_CAP_IMMEDIATE_EXIT,
       });
+      const vm = new KvmVm(kvm);
+      undo.push(() => vm.close());
+      // Guest RAM: one anonymous shared mapping, registered in slots of at most 2 GiB
+      // so that each has a JavaScript view.
+      let ramAddress: bigint;
+      try {
+        ramAddress = libc.mmap(memBytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE);
+      } catch (e) {
+        throw new TsvisorError(`cannot allocate ${memMiB} MiB of guest RAM: ${(e as Error).message}`, 2, 'lower --mem');
+      }
+      undo.push(() => libc.munmap(ramAddress, memBytes));
+      const ram: VcpuWorkerData['ram'] = [];
+      let hostOff = 0;
+      for (const r of ramRegions(memBytes)) {
+        for (let off = 0; off < r.size; off += 2 * GiB) {
+          const size = Math.min(2 * GiB, r.size - off);
+          const hostAddress = ramAddress + BigInt(hostOff);
+          vm.setUserMemoryRegion(r.gpa + off, size, hostAddress);
+          ram.push({ gpa: r.gpa + off, size, hostAddress });
+          hostOff += size;
+        }
+      }
+      const mem = new GuestMemory(ram.map((r) => ({ gpa: r.gpa, hostAddress: r.hostAddress, bytes: new Uint8Array(libc.view(r.hostAddress, r.size)) })));
+      vm.setTssAddr(KVM_TSS_ADDR);
+      vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
+      vm.createIrqchip();
+      // The PC's wiring (PIT on IOAPIC pin 2), which the MP table describes.
+      vm.setGsiRouting(pcGsiRoutes());
+      vm.createPit2();
+
+      // PCI devices (register exits on the vCPU thread, see VcpuWorkerData.devices).
+      const devices: VcpuDeviceSpec[] = [];
+      if (opts.virtioNetStub) {
+        const slot = 3;
+        devices.push({
+          kind: 'virtio-net-stub', pciSlot: slot, doorbellFds: {},
+          sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: 1n << 5n, intxGsi: pciIntxGsi(slot) }),
+        });
+      }
+
+      let netSetup: NetSetup | null = null;
+      if (opts.net) {
+        const slot = 4;
+        const setup = new NetSetup(opts.net, slot, pciIntxGsi(slot));
+        netSetup = setup;
+        undo.push(() => setup.close());
+        devices.push(setup.spec);
+      }
+
+      const vcpuFd = vm.createVcpuFd(0);
+      undo.push(() => libc.close(vcpuFd));
+      const mmapSize = kvm.vcpuMmapSize();
+      const vcpu = new Vcpu(vcpuFd, mmapSize);
+      undo.push(() => libc.munmap(vcpu.runAddress, mmapSize));
+      const tscKhz = Math.max(0, libc.ioctl(vcpuFd, abi.KVM_GET_TSC_KHZ, 0));
+
+      // Load the kernel by what it is.
+      let cpu: BootCpuState;
+      let info: BootInfo;
+      const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
+      const mb = findMultibootHeader(kernelBytes);
+      if (mb) {
+        const cmdline = opts.cmdline ?? '';
+        cpu = loadMultiboot(mem, memBytes, kernelBytes, mb, cmdline, kernelName);
+        info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
+      } else {
+        const kernel = parseLinuxKernel(kernelBytes, kernelName);
+        const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
+        cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
+        const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
+        writeMpTable(mem, MPTABLE_ADDR, {
+          cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
+          pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
+        });
+        info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
+      }
+
+      vcpu.setCpuid(vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind));
+      vcpu.setupLapicLints();
+      vcpu.setSregs(cpu.sregs);
+      vcpu.setRegs(cpu.regs);
+
+      const serialShared = createSerialShared();
+      // The main thread's view of the UART raises the receive interrupt for typed input.
+      const serial = new Serial16550(serialShared, (level) => vm.irqLine(4, level));
+      const loop = new MainLoop();
+      undo.push(() => loop.close());
+      // The NIC's data path runs on this loop; its doorbell fds go to the worker in the device spec.
+      netSetup?.start(loop, mem, vm);
+      const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
+      const data: VcpuWorkerData = {
+        vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
+      };
+      return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup);
     } catch (e) {
-      kvm.close();
+      for (const release of undo.reverse()) {
+        try {
+          release();
+        } catch {
+          /* keep releasing the rest */
+        }
+      }
       throw e;
     }
-    const vm = new KvmVm(kvm);
-    // Guest RAM: one anonymous shared mapping, registered in slots of at most 2 GiB
-    // so that each has a JavaScript view.
-    let ramAddress: bigint;
-    try {
-      ramAddress = libc.mmap(memBytes, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE);
-    } catch (e) {
-      throw new TsvisorError(`cannot allocate ${memMiB} MiB of guest RAM: ${(e as Error).message}`, 2, 'lower --mem');
-    }
-    const ram: VcpuWorkerData['ram'] = [];
-    let hostOff = 0;
-    for (const r of ramRegions(memBytes)) {
-      for (let off = 0; off < r.size; off += 2 * GiB) {
-        const size = Math.min(2 * GiB, r.size - off);
-        const hostAddress = ramAddress + BigInt(hostOff);
-        vm.setUserMemoryRegion(r.gpa + off, size, hostAddress);
-        ram.push({ gpa: r.gpa + off, size, hostAddress });
-        hostOff += size;
-      }
-    }
-    const mem = new GuestMemory(ram.map((r) => ({ gpa: r.gpa, hostAddress: r.hostAddress, bytes: new Uint8Array(libc.view(r.hostAddress, r.size)) })));
-    vm.setTssAddr(KVM_TSS_ADDR);
-    vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
-    vm.createIrqchip();
-    // The PC's wiring (PIT on IOAPIC pin 2), which the MP table describes.
-    vm.setGsiRouting(pcGsiRoutes());
-    vm.createPit2();
-
-    // PCI devices (register exits on the vCPU thread, see VcpuWorkerData.devices).
-    const devices: VcpuDeviceSpec[] = [];
-    if (opts.virtioNetStub) {
-      const slot = 3;
-      devices.push({
-        kind: 'virtio-net-stub', pciSlot: slot, doorbellFds: {},
-        sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: 1n << 5n, intxGsi: pciIntxGsi(slot) }),
-      });
-    }
-
-    let netSetup: NetSetup | null = null;
-    if (opts.net) {
-      const slot = 4;
-      netSetup = new NetSetup(opts.net, slot, pciIntxGsi(slot));
-      devices.push(netSetup.spec);
-    }
-
-    const vcpuFd = vm.createVcpuFd(0);
-    const mmapSize = kvm.vcpuMmapSize();
-    const vcpu = new Vcpu(vcpuFd, mmapSize);
-    const tscKhz = Math.max(0, libc.ioctl(vcpuFd, abi.KVM_GET_TSC_KHZ, 0));
-
-    // Load the kernel by what it is.
-    let cpu: BootCpuState;
-    let info: BootInfo;
-    const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
-    const mb = findMultibootHeader(kernelBytes);
-    if (mb) {
-      const cmdline = opts.cmdline ?? '';
-      cpu = loadMultiboot(mem, memBytes, kernelBytes, mb, cmdline, kernelName);
-      info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
-    } else {
-      const kernel = parseLinuxKernel(kernelBytes, kernelName);
-      const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
-      cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
-      const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
-      writeMpTable(mem, MPTABLE_ADDR, {
-        cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
-        pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
-      });
-      info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
-    }
-
-    vcpu.setCpuid(vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind));
-    vcpu.setupLapicLints();
-    vcpu.setSregs(cpu.sregs);
-    vcpu.setRegs(cpu.regs);
-
-    const serialShared = createSerialShared();
-    // The main thread's view of the UART raises the receive interrupt for typed input.
-    const serial = new Serial16550(serialShared, (level) => vm.irqLine(4, level));
-    const loop = new MainLoop();
-    // The NIC's data path runs on this loop; its doorbell fds go to the worker in the device spec.
-    netSetup?.start(loop, mem, vm);
-    const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
-    const data: VcpuWorkerData = {
-      vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
-    };
-    return new Vm(kvm, vm, vcpuFd, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup);
   }
 
   private kick(): void {
@@ -317,7 +334,8 @@ export class Vm {
     void this.worker.terminate();
     this.netSetup?.close();
     this.loop.close();
-    libc.close(this.vcpuFd);
+    libc.munmap(this.vcpu.runAddress, this.runPageSize);
+    libc.close(this.vcpu.fd);
     this.kvmVm.close();
     this.kvm.close();
     libc.munmap(this.ram.address, this.ram.size);

@@ -3,7 +3,7 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { kvmTest, firmwareImage, firmwareMissing, repoRoot } from './helpers/kvm.js';
+import { kvmTest, kvmTestSerial, firmwareImage, firmwareMissing, repoRoot } from './helpers/kvm.js';
 import { testNet, netMissing } from './helpers/netns.js';
 
 function tsvisor(args: string[]) {
@@ -73,3 +73,19 @@ kvmTest('the arp guest program resolves the host inside a namespace', async (t) 
   t.regex(vm.console.output, new RegExp(`arp: 10\\.0\\.2\\.2 is-at ${mac}`), 'the guest learned the TAP\'s own MAC');
   t.is(exit.status, 1);
 }, () => netMissing() ?? firmwareMissing('arp')());
+
+// Serial: ava runs serial tests before the concurrent ones, so no other test holds descriptors meanwhile.
+kvmTestSerial('a boot that fails part-way releases everything it had acquired', async (t) => {
+  const { Vm } = await import('../src/vm.js');
+  const { readdirSync } = await import('node:fs');
+  const fds = () => readdirSync('/proc/self/fd').length;
+  const boot = () => Vm.boot({ kernel: firmwareImage('hello'), cmdline: 'x'.repeat(70_000), memMiB: 16 });
+  // The first attempt loads modules and libraries (which may keep descriptors of their own).
+  await t.throwsAsync(boot());
+  const before = fds();
+  for (let i = 0; i < 5; i++) {
+    // A command line too long for the multiboot area fails after KVM, RAM and the vCPU exist.
+    await t.throwsAsync(boot(), { message: /command line is too long/ });
+  }
+  t.is(fds(), before, 'no file descriptor left behind');
+}, firmwareMissing('hello'));
