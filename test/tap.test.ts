@@ -1,18 +1,17 @@
 // The TAP backend, unit and against a real TAP.
 //
 // Network isolation: the real-TAP tests create their own network namespace
-// (tsv-<pid>-<rand>). The TAP is created by this process in the initial
-// namespace (that is where /dev/net/tun attaches) with no address and link
-// down, and at once moved into the test namespace (`ip link set NAME netns
-// NS`): the open fd keeps working after the move. Addresses, routes and all
-// traffic live only inside the namespace; the namespace and the TAP are
-// deleted in test.after.always, whether the tests passed or not.
+// and create the TAP inside it (this thread enters the namespace for the
+// TUNSETIFF, then returns). Addresses, routes and all traffic live only
+// inside the namespace; the namespace and the TAP are deleted in
+// test.after.always, whether the tests passed or not.
 import test from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { Tap, TUNSETIFF, TUNGETFEATURES, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETSNDBUF, TUN_F_CSUM, TUN_F_TSO4 } from '../src/net/tap.js';
 import { TsvisorError } from '../src/errors.js';
+import { NetNamespace } from '../src/net/netns.js';
 import { NativeBuffer, EAGAIN } from '../src/sys/libc.js';
 import { MainLoop, DoorbellRinger } from '../src/loop/main-loop.js';
 import { createTransportState, TransportState, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
@@ -41,26 +40,26 @@ test('bad interface names are refused before any system call', (t) => {
 // ------------------------------------------------------------ real TAP
 
 const canTap = process.getuid?.() === 0 && existsSync('/dev/net/tun');
-const NS = `tsv-${process.pid}-${randomBytes(2).toString('hex')}`;
 const TAP = `tsv${randomBytes(4).toString('hex')}`; // 11 characters
 const opened: Tap[] = [];
-let nsCreated = false;
+let namespace: NetNamespace | undefined;
 
-function ip(...args: string[]): string {
-  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+/** The test namespace, made on first use. */
+function ns(): NetNamespace {
+  namespace ??= NetNamespace.create('tsvtap');
+  return namespace;
 }
 function inNs(...args: string[]): string {
-  return execFileSync('ip', ['netns', 'exec', NS, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return ns().must(args);
 }
 
-/** Creates the namespace once; the TAP is created by the caller and moved in here. */
+/** Opens TAP inside the test namespace. */
+function openInNamespace(): Tap {
+  return ns().enter(() => Tap.open(TAP));
+}
+
+/** Gives the TAP its namespace-side address and brings it up. */
 function setupNamespace(tap: Tap): void {
-  if (!nsCreated) {
-    ip('netns', 'add', NS);
-    nsCreated = true;
-    inNs('ip', 'link', 'set', 'lo', 'up');
-  }
-  ip('link', 'set', tap.name, 'netns', NS);
   // No IPv6 on the TAP: keeps router solicitations and MLD reports out of the way.
   try {
     inNs('sysctl', '-qw', `net.ipv6.conf.${tap.name}.disable_ipv6=1`);
@@ -73,18 +72,7 @@ function setupNamespace(tap: Tap): void {
 
 test.after.always('delete the namespace and the TAP', () => {
   for (const t of opened) t.close();
-  if (nsCreated) {
-    try {
-      ip('netns', 'del', NS);
-    } catch {
-      /* already gone */
-    }
-  }
-  try {
-    ip('link', 'del', TAP);
-  } catch {
-    /* not in this namespace, or gone with its fd */
-  }
+  namespace?.delete();
 });
 
 const GUEST_MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -139,7 +127,7 @@ function writeFrame(tap: Tap, hdr: number, frame: Uint8Array): number {
 const tapTest = canTap ? test.serial : test.skip;
 
 tapTest('Tap.open creates the TAP with a vnet header; a second open is refused as busy', (t) => {
-  const tap = Tap.open(TAP);
+  const tap = openInNamespace();
   opened.push(tap);
   t.is(tap.name, TAP);
   t.is(tap.kernelVnetHdrLen(), 10);
@@ -149,10 +137,11 @@ tapTest('Tap.open creates the TAP with a vnet header; a second open is refused a
   tap.setOffload(TUN_F_CSUM | TUN_F_TSO4);
   t.is(tap.offloads, TUN_F_CSUM | TUN_F_TSO4);
   tap.setOffload(0);
-  const e = t.throws(() => Tap.open(TAP), { instanceOf: TsvisorError });
+  const e = t.throws(() => openInNamespace(), { instanceOf: TsvisorError });
   t.regex(e!.message, /busy/);
   setupNamespace(tap);
-  t.true(inNs('ip', '-o', 'link', 'show', TAP).includes(TAP), 'the TAP now lives in the test namespace');
+  t.true(inNs('ip', '-o', 'link', 'show', TAP).includes(TAP), 'the TAP lives in the test namespace');
+  t.false(execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' }).includes(TAP), 'and never in the host namespace');
 });
 
 tapTest('a frame written through the backend reaches the namespace, and its ARP reply comes back', async (t) => {
@@ -171,7 +160,7 @@ tapTest('a frame written through the backend reaches the namespace, and its ARP 
 tapTest('a frame sent from the namespace side (ping → ARP request) is read by the backend', async (t) => {
   const tap = opened[0];
   if (!tap) return t.fail('no TAP (previous test failed)');
-  const ping = spawn('ip', ['netns', 'exec', NS, 'ping', '-c1', '-W1', '10.211.0.3'], { stdio: 'ignore' });
+  const ping = spawn('ip', ['netns', 'exec', ns().name, 'ping', '-c1', '-W1', '10.211.0.3'], { stdio: 'ignore' });
   t.teardown(() => ping.kill());
   const req = await readUntil(tap, 12, (f) => isArp(f, 1) && f[38] === 10 && f[41] === 3);
   t.truthy(req, 'an ARP request for 10.211.0.3');
@@ -251,7 +240,8 @@ const privTest = canSetpriv ? test.serial : test.skip;
 
 function openAs(setprivArgs: string[], name: string): string {
   const script = `import(${JSON.stringify(new URL('../src/net/tap.js', import.meta.url).href)}).then((m) => { try { m.Tap.open(${JSON.stringify(name)}); console.log('opened'); } catch (e) { console.log(e.name + ': ' + e.line); } })`;
-  return execFileSync('setpriv', [...setprivArgs, process.execPath, '-e', script], { encoding: 'utf8', cwd: '/' }).trim();
+  // Inside the test namespace, so that even a wrongly successful open could not add a TAP to the host.
+  return execFileSync('ip', ['netns', 'exec', ns().name, 'setpriv', ...setprivArgs, process.execPath, '-e', script], { encoding: 'utf8', cwd: '/' }).trim();
 }
 
 privTest('without CAP_NET_ADMIN, creating a TAP fails with a one-line error that says how to pre-create it', (t) => {
@@ -259,7 +249,7 @@ privTest('without CAP_NET_ADMIN, creating a TAP fails with a one-line error that
   const out = openAs(['--bounding-set=-net_admin', '--inh-caps=-net_admin'], name);
   t.regex(out, /^TsvisorError: cannot use TAP tsv[0-9a-f]+: creating a TAP needs CAP_NET_ADMIN/);
   t.true(out.includes(`ip tuntap add dev ${name} mode tap user $USER vnet_hdr`));
-  t.throws(() => ip('link', 'show', name), undefined, 'no TAP was created');
+  t.throws(() => inNs('ip', 'link', 'show', name), undefined, 'no TAP was created');
 });
 
 privTest('without access to /dev/net/tun the error says so', (t) => {
