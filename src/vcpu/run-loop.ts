@@ -109,7 +109,10 @@ export class RunLoop {
     const size = run.getUint8(abi.RUN.io_size);
     const port = run.getUint16(abi.RUN.io_port, true);
     const count = run.getUint32(abi.RUN.io_count, true);
-    let off = Number(run.getBigUint64(abi.RUN.io_data_offset, true));
+    // data_offset is a u64 holding an offset into this page: its low word is all of it.
+    // (getBigUint64 would allocate a BigInt on every exit.)
+    let off = run.getUint32(abi.RUN.io_data_offset, true);
+    if (run.getUint32(abi.RUN.io_data_offset + 4, true) !== 0) return;
     if (size !== 1 && size !== 2 && size !== 4) return;
     if (off + size * count > this.runBytes.byteLength) return;
     this.pio.counts[port]++;
@@ -132,7 +135,8 @@ export class RunLoop {
 
   private handleMmio(): void {
     const run = this.run;
-    const addr = Number(run.getBigUint64(abi.RUN.mmio_phys_addr, true));
+    // Two 32-bit halves, not getBigUint64: no BigInt allocated per exit.
+    const addr = run.getUint32(abi.RUN.mmio_phys_addr + 4, true) * 0x100000000 + run.getUint32(abi.RUN.mmio_phys_addr, true);
     const len = run.getUint32(abi.RUN.mmio_len, true);
     const isWrite = run.getUint8(abi.RUN.mmio_is_write) !== 0;
     const i = this.mmio.find(addr);
