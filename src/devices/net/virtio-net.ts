@@ -254,6 +254,8 @@ export class VirtioNet {
 
   // Control queue.
   private readonly ctrlChain = new DescriptorChain(64);
+  /** Destination MAC of the frame being filtered. */
+  private readonly rxDst = new Int16Array(6); // -1 where the chain is too short
 
   constructor(
     private readonly loop: MainLoop,
@@ -862,25 +864,30 @@ export class VirtioNet {
     return -1;
   }
 
-  /** QEMU receive_filter without VLANs: destination MAC against the programmed filter. */
+  /**
+   * QEMU receive_filter without VLANs: destination MAC against the programmed
+   * filter. Runs per received frame once the guest turns promiscuous mode off,
+   * so it reads into a preallocated buffer and formats a MAC only to look it up
+   * in a non-empty table.
+   */
   private accepts(c: DescriptorChain): boolean {
     const f = this.filter;
-    const d0 = this.readChainByte(c, this.hdrLen, true);
-    const dst: number[] = [];
-    for (let i = 0; i < 6; i++) dst.push(this.readChainByte(c, this.hdrLen + i, true));
-    if (d0 & 1) {
-      const bcast = dst.every((b) => b === 0xff);
+    const dst = this.rxDst;
+    for (let i = 0; i < 6; i++) dst[i] = this.readChainByte(c, this.hdrLen + i, true);
+    if (dst[0] & 1) {
+      let bcast = true;
+      for (let i = 0; i < 6; i++) if (dst[i] !== 0xff) bcast = false;
       if (bcast) return !f.nobcast;
       if (f.nomulti) return false;
       if (f.allmulti || f.multiOverflow) return true;
-      return f.multicast.includes(formatMac(dst));
+      return f.multicast.length > 0 && f.multicast.includes(formatMac(dst));
     }
     if (f.nouni) return false;
     if (f.alluni || f.uniOverflow) return true;
     const mac = this.config.bytes;
     let own = true;
     for (let i = 0; i < 6; i++) if (dst[i] !== mac[i]) own = false;
-    return own || f.unicast.includes(formatMac(dst));
+    return own || (f.unicast.length > 0 && f.unicast.includes(formatMac(dst)));
   }
 
   // ---------------------------------------------------------- control queue
