@@ -28,6 +28,7 @@ export function isElf(image: Uint8Array): boolean {
 
 export function parseElf(image: Uint8Array, name = 'kernel'): ElfImage {
   const bad = (why: string) => new TsvisorError(`${name} is not a loadable ELF: ${why}`, 1, 'pass a vmlinux, bzImage or multiboot image');
+  const truncated = (why: string) => new TsvisorError(`${name} is truncated: ${why}`, 1, 'check the file was copied whole');
   if (!isElf(image)) throw bad('no ELF magic');
   const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
   const cls = image[4] === 2 ? 64 : image[4] === 1 ? 32 : 0;
@@ -35,13 +36,14 @@ export function parseElf(image: Uint8Array, name = 'kernel'): ElfImage {
   if (image[5] !== 1) throw bad('not little-endian');
   const machine = dv.getUint16(18, true);
   const is64 = cls === 64;
-  if (is64 && image.byteLength < 64) throw bad('truncated header');
+  if (is64 && image.byteLength < 64) throw truncated('its ELF header runs past the end of the file');
   const entry = is64 ? Number(dv.getBigUint64(24, true)) : dv.getUint32(24, true);
   const phoff = is64 ? Number(dv.getBigUint64(32, true)) : dv.getUint32(28, true);
   const phentsize = dv.getUint16(is64 ? 54 : 42, true);
   const phnum = dv.getUint16(is64 ? 56 : 44, true);
   if (phnum === 0) throw bad('no program headers');
-  if (phentsize < (is64 ? 56 : 32) || phoff + phnum * phentsize > image.byteLength) throw bad('program headers outside the file (truncated?)');
+  if (phentsize < (is64 ? 56 : 32)) throw bad(`program header entries of ${phentsize} bytes`);
+  if (phoff + phnum * phentsize > image.byteLength) throw truncated('its program headers run past the end of the file');
   const segments: LoadSegment[] = [];
   for (let i = 0; i < phnum; i++) {
     const o = phoff + i * phentsize;
@@ -50,7 +52,7 @@ export function parseElf(image: Uint8Array, name = 'kernel'): ElfImage {
     const paddr = is64 ? Number(dv.getBigUint64(o + 24, true)) : dv.getUint32(o + 12, true);
     const filesz = is64 ? Number(dv.getBigUint64(o + 32, true)) : dv.getUint32(o + 16, true);
     const memsz = is64 ? Number(dv.getBigUint64(o + 40, true)) : dv.getUint32(o + 20, true);
-    if (offset + filesz > image.byteLength) throw bad(`segment ${i} runs past the end of the file (truncated?)`);
+    if (offset + filesz > image.byteLength) throw truncated(`ELF segment ${i} runs past the end of the file (${offset + filesz} bytes needed, ${image.byteLength} present)`);
     if (memsz < filesz) throw bad(`segment ${i} is smaller in memory than in the file`);
     if (memsz === 0) continue;
     segments.push({ paddr, data: image.subarray(offset, offset + filesz), memsz });

@@ -94,8 +94,9 @@ export function loadLinux(mem: GuestMemory, memBytes: number, kernel: LinuxKerne
 
   // Command line: the kernel's cmdline_size excludes the terminating NUL.
   const cmdBytes = new TextEncoder().encode(cmdline);
-  if (cmdBytes.byteLength > kernel.cmdlineSize || cmdBytes.byteLength >= CMDLINE_MAX)
-    throw new TsvisorError(`the kernel command line is ${cmdBytes.byteLength} bytes, longer than this kernel's limit of ${kernel.cmdlineSize}`, 2, 'shorten --append');
+  const cmdlineLimit = Math.min(kernel.cmdlineSize, CMDLINE_MAX - 1);
+  if (cmdBytes.byteLength > cmdlineLimit)
+    throw new TsvisorError(`the kernel command line is ${cmdBytes.byteLength} bytes, longer than this kernel's limit of ${cmdlineLimit} (its cmdline_size)`, 2, 'shorten --append; tsvisor also appends --host-params');
   const cmdArea = mem.slice(CMDLINE_ADDR, cmdBytes.byteLength + 1)!;
   cmdArea.set(cmdBytes);
   cmdArea[cmdBytes.byteLength] = 0;
@@ -106,9 +107,11 @@ export function loadLinux(mem: GuestMemory, memBytes: number, kernel: LinuxKerne
     const top = Math.min(lowRamEnd, kernel.initrdAddrMax + 1);
     initrdAddr = Math.floor((top - initrd.byteLength) / 4096) * 4096;
     if (initrdAddr < Math.ceil(kernel.end / 4096) * 4096) {
-      throw new TsvisorError(
-        `the initrd (${(initrd.byteLength / MiB).toFixed(1)} MiB) does not fit in guest RAM above the kernel (--mem ${Math.floor(memBytes / MiB)} MiB)`,
-        2, 'raise --mem or use a smaller initrd');
+      const size = `${(initrd.byteLength / MiB).toFixed(1)} MiB`;
+      // More RAM helps only while RAM, not the kernel's initrd_addr_max, is the limit.
+      if (kernel.initrdAddrMax + 1 < lowRamEnd)
+        throw new TsvisorError(`the initrd (${size}) does not fit between the kernel and this kernel's initrd_addr_max (0x${kernel.initrdAddrMax.toString(16)})`, 2, 'use a smaller initrd');
+      throw new TsvisorError(`the initrd (${size}) does not fit in guest RAM above the kernel (--mem ${Math.floor(memBytes / MiB)} MiB)`, 2, 'raise --mem or use a smaller initrd');
     }
     mem.write(initrdAddr, initrd);
   }

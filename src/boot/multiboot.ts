@@ -85,7 +85,8 @@ export function loadMultiboot(mem: GuestMemory, memBytes: number, image: Uint8Ar
   // Multiboot information: memory, command line, memory map.
   const lowRamEnd = Math.min(memBytes, PCI_HOLE_START);
   const cmdBytes = new TextEncoder().encode(cmdline);
-  if (cmdBytes.byteLength >= CMDLINE_MAX) throw new TsvisorError('the command line is too long', 2, 'shorten --append');
+  if (cmdBytes.byteLength >= CMDLINE_MAX)
+    throw new TsvisorError(`the command line is too long: ${cmdBytes.byteLength} bytes, tsvisor passes at most ${CMDLINE_MAX - 1} to a multiboot image`, 2, 'shorten --append');
   mem.slice(CMDLINE_ADDR, cmdBytes.byteLength + 1)!.set([...cmdBytes, 0]);
   const loaderName = new TextEncoder().encode('tsvisor\0');
   const map = e820Map(memBytes);

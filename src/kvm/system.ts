@@ -1,6 +1,6 @@
 // The KVM system handle: /dev/kvm, the API version, capabilities, and the
 // host facts a VMM adapts to (supported CPUID, and whether this is kvm_pvm).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import { TsvisorError } from '../errors.js';
 import * as abi from './abi.js';
@@ -26,6 +26,22 @@ export function detectHostKind(): HostKind {
   return existsSync('/sys/module/kvm_pvm') ? 'kvm_pvm' : 'hardware';
 }
 
+/**
+ * The most guest RAM this host can back: its RAM plus swap (/proc/meminfo), in
+ * bytes; 0 if unknown. Guest RAM is mapped MAP_NORESERVE, so without this
+ * bound a --mem beyond the host would only fail when the guest touches it.
+ */
+export function hostMemoryBytes(): number {
+  let text: string;
+  try {
+    text = readFileSync('/proc/meminfo', 'utf8');
+  } catch {
+    return 0;
+  }
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0);
+  return (kib('MemTotal') + kib('SwapTotal')) * 1024;
+}
+
 export class Kvm {
   readonly fd: number;
   readonly hostKind: HostKind;
@@ -36,7 +52,7 @@ export class Kvm {
     if (fd < 0) {
       const e = libc.errno();
       if (e === libc.ENOENT || e === libc.ENXIO || e === libc.ENODEV)
-        throw new TsvisorError(`${path} does not exist`, 1, 'load the kvm module (modprobe kvm_intel or kvm_amd) or run on a host with virtualization enabled');
+        throw new TsvisorError(`${path} does not exist`, 1, 'load the kvm module with modprobe kvm_intel or kvm_amd, or run on a host with virtualization enabled');
       if (e === libc.EACCES || e === libc.EPERM)
         throw new TsvisorError(`permission denied opening ${path}`, 1, 'add your user to the kvm group or run as root');
       throw new TsvisorError(`cannot open ${path}: ${libc.strerror(e)}`);

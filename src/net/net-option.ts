@@ -38,7 +38,10 @@ export function parseNetOption(text: string): NetSpec {
   const kind = colon < 0 ? head : head.slice(0, colon);
   const arg = colon < 0 ? undefined : head.slice(colon + 1);
   if (kind === 'tap') {
-    if (arg !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(arg)) throw usageError(`"${arg}" is not a valid interface name`, 'use up to 15 letters, digits, "-", "_" or "."');
+    if (arg !== undefined && !/^[A-Za-z0-9_.-]{1,15}$/.test(arg)) {
+      const why = arg.length === 0 ? 'has no interface name' : arg.length > 15 ? `names an interface of ${arg.length} characters, Linux allows 15 (IFNAMSIZ)` : `names the interface "${arg}", with characters other than letters, digits, "-", "_" or "."`;
+      throw usageError(`--net ${head} ${why}`, 'use 1 to 15 letters, digits, "-", "_" or ".", e.g. --net tap:tap0');
+    }
     spec = { mode: 'tap', ifname: arg, mac: DEFAULT_MAC };
   } else if (kind === 'sandbox' && arg === undefined) {
     spec = { mode: 'sandbox', mac: DEFAULT_MAC };
