@@ -16,6 +16,7 @@ export function formatStats(s: ExitStats): string {
     table('MMIO exits by region:', s.mmioByRegion),
     table('instructions completed by tsvisor:', s.fixups),
     `unclaimed accesses: ${s.unclaimedPio} port, ${s.unclaimedMmio} MMIO\n`,
+    s.cpu ? `CPU: tsvisor ${s.cpu.vmmMs.toFixed(0)} ms; vCPU thread ${s.cpu.vcpu.userMs} ms user (${s.cpu.vcpu.guestMs} ms of it guest), ${s.cpu.vcpu.sysMs} ms system (KVM)\n` : '',
   ].join('');
 }
 

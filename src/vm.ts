@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import * as libc from './sys/libc.js';
 import { native } from './native.js';
 import { TsvisorError } from './errors.js';
-import { Kvm, type HostKind } from './kvm/system.js';
+import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
 import { KvmVm } from './kvm/vm.js';
 import { Vcpu } from './kvm/vcpu.js';
 import * as abi from './kvm/abi.js';
@@ -19,8 +19,8 @@ import { createTransportState } from './devices/virtio/transport-state.js';
 import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
 import { NetSetup, type NetBootOptions } from './devices/net/net-setup.js';
 import type { VirtioNet } from './devices/net/virtio-net.js';
-import { findMultibootHeader, loadMultiboot } from './boot/multiboot.js';
-import { loadLinux, parseLinuxKernel } from './boot/linux.js';
+import { findMultibootHeader, loadMultiboot, type MultibootHeader } from './boot/multiboot.js';
+import { loadLinux, parseLinuxKernel, type LinuxKernel } from './boot/linux.js';
 import { defaultHostParams } from './boot/host-params.js';
 import type { BootCpuState } from './boot/cpu-state.js';
 import { createSerialShared, Serial16550 } from './devices/serial.js';
@@ -86,7 +86,7 @@ function readInput(what: string, value: string | Uint8Array): Uint8Array {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new TsvisorError(`${what} ${value} does not exist`, 2, `check the --${what} path`);
-    if (code === 'EACCES') throw new TsvisorError(`${what} ${value} is not readable`, 2, 'check its permissions');
+    if (code === 'EACCES') throw new TsvisorError(`${what} ${value} is not readable by this user`, 2, `make it readable, e.g. chmod a+r ${value}, or run as a user who can read it`);
     if (code === 'EISDIR') throw new TsvisorError(`${what} ${value} is a directory`, 2, `pass the ${what} file itself`);
     throw new TsvisorError(`cannot read ${what} ${value}: ${(e as Error).message}`, 2);
   }
@@ -142,6 +142,14 @@ export class Vm {
         for (const t of this.timers) clearTimeout(t);
         this.console.end(m.message);
         const net = this.net?.snapshot();
+        if (m.stats.cpu) {
+          // The vCPU thread has reported and is ending; its time is in the process totals.
+          const { user, system } = process.cpuUsage();
+          const c = m.stats.cpu;
+          c.processUserMs = user / 1000;
+          c.processSysMs = system / 1000;
+          c.vmmMs = Math.max(0, c.processUserMs + c.processSysMs - c.vcpu.sysMs - c.vcpu.guestMs);
+        }
         this.release();
         resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats, net });
       };
@@ -177,9 +185,16 @@ export class Vm {
     const memMiB = opts.memMiB ?? 256;
     if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) throw new TsvisorError(`--mem ${memMiB} is too small`, 2, `give at least ${MIN_MEM_MIB} MiB`);
     const memBytes = memMiB * MiB;
+    const hostBytes = hostMemoryBytes();
+    if (hostBytes > 0 && memBytes > hostBytes)
+      throw new TsvisorError(`--mem ${memMiB} is more than this host has (${Math.floor(hostBytes / MiB)} MiB of RAM and swap)`, 2, 'lower --mem');
     const kernelBytes = readInput('kernel', opts.kernel);
     const initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
     const kernelName = typeof opts.kernel === 'string' ? opts.kernel : 'kernel';
+    // Recognize the kernel before taking anything from the host, so a file that
+    // is not a kernel is reported as such even where /dev/kvm is missing.
+    const mb = findMultibootHeader(kernelBytes);
+    const image: { multiboot: MultibootHeader } | { linux: LinuxKernel } = mb ? { multiboot: mb } : { linux: parseLinuxKernel(kernelBytes, kernelName) };
 
     const kvm = new Kvm(opts.kvmPath);
     // What was acquired so far, released in reverse if anything fails before the Vm exists.
@@ -250,13 +265,12 @@ export class Vm {
       let cpu: BootCpuState;
       let info: BootInfo;
       const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
-      const mb = findMultibootHeader(kernelBytes);
-      if (mb) {
+      if ('multiboot' in image) {
         const cmdline = opts.cmdline ?? '';
-        cpu = loadMultiboot(mem, memBytes, kernelBytes, mb, cmdline, kernelName);
+        cpu = loadMultiboot(mem, memBytes, kernelBytes, image.multiboot, cmdline, kernelName);
         info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
       } else {
-        const kernel = parseLinuxKernel(kernelBytes, kernelName);
+        const kernel = image.linux;
         const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
         cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
         const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);

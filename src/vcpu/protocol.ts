@@ -39,6 +39,8 @@ export type ExitKind =
   | 'timeout'          // --timeout passed
   | 'error';           // a failure inside tsvisor
 
+import type { ThreadCpu } from '../util/thread-cpu.js';
+
 export interface ExitStats {
   exitsByReason: Record<string, number>;
   pioByPort: Record<string, number>;
@@ -50,6 +52,12 @@ export interface ExitStats {
   runMs: number;
   /** Guest RIP samples (hex address → count), when sampling was on. */
   ripSamples?: Record<string, number>;
+  /**
+   * CPU time at the end of the run: the vCPU thread's (its system time is
+   * mostly KVM, its guest time the guest's) and the whole process's. tsvisor's
+   * own share is process user + system − vCPU system − vCPU guest.
+   */
+  cpu?: { vcpu: ThreadCpu; processUserMs: number; processSysMs: number; vmmMs: number };
 }
 
 export interface VcpuExitMessage {

@@ -12,12 +12,14 @@ import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
+import { nameThread, threadCpu } from '../util/thread-cpu.js';
 import { createPciDevices } from '../devices/virtio/vcpu-devices.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
 
 const data = workerData as VcpuWorkerData;
 const control = new Int32Array(data.control);
 Atomics.store(control, CONTROL_TID, native().currentThreadId());
+nameThread('vcpu0');
 
 const mem = new GuestMemory(data.ram.map((r) => ({ gpa: r.gpa, hostAddress: r.hostAddress, bytes: new Uint8Array(libc.view(r.hostAddress, r.size)) })));
 const vcpu = new Vcpu(data.vcpuFd, data.mmapSize);
@@ -57,6 +59,11 @@ try {
   message = { type: 'exit', kind: 'error', message: `vCPU thread failed: ${(e as Error).stack ?? e}`, stats: loop.stats(() => '', []) };
 }
 Atomics.store(control, CONTROL_RUNNING, 0);
+try {
+  message.stats.cpu = { vcpu: threadCpu(), processUserMs: 0, processSysMs: 0, vmmMs: 0 };
+} catch {
+  /* no procfs: no CPU figures */
+}
 // Flush any console bytes the reader has not seen yet.
 consoleBell.ring();
 parentPort!.postMessage(message);
