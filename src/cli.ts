@@ -37,7 +37,7 @@ Options:
   --initrd FILE         initramfs (default: the default guest's, when --kernel is not given)
   --append "ARGS"       kernel command line (default for the default guest:
                         "console=ttyS0 panic=-1")
-  --mem MIB             guest RAM in MiB (default 256)
+  --mem MIB             guest RAM in MiB (default 256; at most the host's RAM + swap)
   --net tap:NAME[,mac=M]  a virtio-net NIC on TAP NAME (an existing TAP you own needs
                         no root; a new one needs CAP_NET_ADMIN)
   --net tap[,mac=M]     a virtio-net NIC on a new TAP (CAP_NET_ADMIN)
@@ -62,7 +62,8 @@ Options:
 
 Exit status: 0 guest reset or power-off; (v<<1)|1 for a debug-exit write of v;
 2 usage error; 1 runtime error; 3 triple fault; 4 unsupported instruction;
-5 KVM internal error; 124 timeout; 128+N killed by signal N.`;
+5 KVM internal error; 124 timeout; 130 SIGINT, 143 SIGTERM (the guest is
+stopped, the terminal restored, a TAP or sandbox tsvisor made deleted).`;
 
 const RUN_OPTIONS = {
   kernel: { type: 'string' },
@@ -86,6 +87,25 @@ function positiveInt(name: string, value: string | undefined, fallback: number):
   if (value === undefined) return fallback;
   if (!/^\d+$/.test(value) || Number(value) <= 0) throw usageError(`--${name} ${value} is not a positive whole number`, `for example --${name} ${fallback}`);
   return Number(value);
+}
+
+/**
+ * `--mem -5` gives -5 as the value (to be refused by its own check, with the
+ * option named) instead of parseArgs' "argument is ambiguous".
+ */
+function joinNegativeValues(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const option = argv[i].startsWith('--') ? (RUN_OPTIONS as Record<string, { type: string }>)[argv[i].slice(2)] : undefined;
+    const next = argv[i + 1];
+    if (option?.type === 'string' && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${argv[i]}=${next}`);
+      i++;
+    } else {
+      out.push(argv[i]);
+    }
+  }
+  return out;
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -118,9 +138,10 @@ async function dispatch(argv: string[]): Promise<number> {
 async function run(argv: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({ args: argv, options: RUN_OPTIONS, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: joinNegativeValues(argv), options: RUN_OPTIONS, strict: true, allowPositionals: false }));
   } catch (e) {
-    throw usageError((e as Error).message.replace(/\.$/, ''), 'see tsvisor run --help');
+    // parseArgs may explain over several lines; the user gets one.
+    throw usageError((e as Error).message.replace(/\s*\n\s*/g, ' ').replace(/\.$/, ''), 'see tsvisor run --help');
   }
   if (values.help) {
     process.stdout.write(RUN_HELP + '\n');
@@ -161,30 +182,44 @@ async function run(argv: string[]): Promise<number> {
     sampleRipMs: profileMs,
     linuxParams,
     hostParams: values['host-params'] === undefined ? undefined : values['host-params'].split(/\s+/).filter(Boolean),
+    kvmPath: process.env.TSVISOR_KVM_DEVICE || undefined,
   };
 
+  if (!netSpec && values.ioeventfd) throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');
+  // SIGINT/SIGTERM from here on stop the guest (or, during setup, the run as soon
+  // as the guest exists), so the sandbox and the TAP are always cleaned up.
+  const signals: SignalState = { vm: undefined, signal: undefined };
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals.signal ??= sig;
+    void signals.vm?.stop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   let sandbox: Sandbox | undefined;
-  if (netSpec) {
-    if (netSpec.mode === 'sandbox') sandbox = Sandbox.create();
-    opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst, ioeventfd: values.ioeventfd };
-  } else if (values.ioeventfd) {
-    throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');
-  }
-  let vm: Vm;
   try {
-    vm = await Vm.boot(opts);
-  } catch (e) {
-    sandbox?.close();
-    throw e;
-  }
-  try {
-    return await supervise(vm, values, profileMs, systemMap, sandbox, defaultGuest);
+    if (netSpec) {
+      if (netSpec.mode === 'sandbox') sandbox = Sandbox.create();
+      const onBackendLost = (message: string) => process.stderr.write(`\ntsvisor: TAP ${message}\n`);
+      opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst, ioeventfd: values.ioeventfd, onBackendLost };
+    }
+    const vm = await Vm.boot(opts);
+    signals.vm = vm;
+    if (signals.signal) void vm.stop();
+    return await supervise(vm, values, profileMs, systemMap, sandbox, defaultGuest, signals);
   } finally {
     sandbox?.close();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 
-async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, defaultGuest: boolean): Promise<number> {
+/** The first SIGINT/SIGTERM of a run, and the guest it stops. */
+interface SignalState {
+  vm: Vm | undefined;
+  signal: NodeJS.Signals | undefined;
+}
+
+async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, defaultGuest: boolean, signals: SignalState): Promise<number> {
   if (values.verbose) {
     const i = vm.info;
     process.stderr.write(`tsvisor: ${i.format}${i.compression ? ` (${i.compression} payload, decompressed on the host)` : ''}, ${i.memMiB} MiB, host ${i.hostKind}\n`);
@@ -203,22 +238,16 @@ async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; '
     }, () => {});
   }
   const restoreTerminal = attachTerminal(vm);
-  const onSignal = (sig: NodeJS.Signals) => {
-    signalled = sig;
-    void vm.stop();
-  };
-  let signalled: NodeJS.Signals | undefined;
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
   let exit: VmExit;
   try {
     exit = await vm.exited;
   } finally {
     restoreTerminal();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
   }
-  if (exit.kind !== 'reset' && exit.kind !== 'poweroff' && exit.kind !== 'debug-exit' && exit.kind !== 'stopped') {
+  const signalled = exit.kind === 'stopped' ? signals.signal : undefined;
+  if (signalled) {
+    process.stderr.write(`\ntsvisor: ${signalled} received: guest stopped\n`);
+  } else if (exit.kind !== 'reset' && exit.kind !== 'poweroff' && exit.kind !== 'debug-exit' && exit.kind !== 'stopped') {
     process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
   } else if (values.verbose) {
     process.stderr.write(`\ntsvisor: ${exit.reason}\n`);

@@ -19,6 +19,7 @@ import {
   strerror,
   writev as libcWritev,
   EACCES,
+  EBADFD,
   EBUSY,
   EINVAL,
   ENODEV,
@@ -95,6 +96,8 @@ export interface NetBackend {
   setOffload(flags: number): void;
   /** Whether the host side of the link is up; null when unknown. */
   hostUp?(): boolean | null;
+  /** False once the interface is gone for good (a TAP deleted under its open fd). */
+  attached?(): boolean;
   close(): void;
 }
 
@@ -112,9 +115,9 @@ function tapError(name: string, what: string, e: number): TsvisorError {
   switch (e) {
     case EPERM:
       return new TsvisorError(
-        `cannot use TAP ${name}: creating a TAP needs CAP_NET_ADMIN, attaching needs you to own it`,
+        `cannot use TAP ${name}: creating a TAP needs CAP_NET_ADMIN, which this process lacks, and attaching to an existing one needs you to own it`,
         1,
-        `pre-create it as root: ${pre}`,
+        `run as root or grant CAP_NET_ADMIN, or pre-create a TAP you own: ${pre}`,
       );
     case EBUSY:
       return new TsvisorError(`TAP ${name} is busy: another process has it open`, 1, 'stop the other VMM or pick another --net tap name');
@@ -256,6 +259,16 @@ export class Tap implements NetBackend {
     b.bytes.set(Buffer.from(this.name, 'utf8'), 0);
     if (ioctl(this.ctlSocket, SIOCGIFFLAGS, b.address) < 0) return null;
     return (b.dv.getUint16(IFREQ_FLAGS, true) & IFF_UP) !== 0;
+  }
+
+  /**
+   * Whether the fd is still attached to its interface. Deleting the TAP
+   * (`ip link del`) detaches the fd: from then on tun answers reads, writes
+   * and ioctls with EBADFD, and poll with POLLERR.
+   */
+  attached(): boolean {
+    if (this.closed) return false;
+    return ioctl(this.fd, TUNGETIFF, this.buf.address) >= 0 || errno() !== EBADFD;
   }
 
   close(): void {

@@ -51,6 +51,8 @@ export const EINVAL = 22;
 export const ENODEV = 19;
 export const ENXIO = 6;
 export const EFAULT = 14;
+/** A tun fd whose interface was deleted: reads, writes and ioctls fail with it. */
+export const EBADFD = 77;
 
 const MAP_FAILED = (1n << 64n) - 1n;
 

@@ -26,6 +26,11 @@ export interface NetBootOptions extends VirtioNetOptions {
    * and handle_tx runs on the vCPU thread; interrupts by KVM_SIGNAL_MSI).
    */
   ioeventfd?: boolean;
+  /**
+   * Told once, in one line, when the TAP goes away under the running guest
+   * (deleted on the host). The guest keeps running with its link down.
+   */
+  onBackendLost?: (message: string) => void;
 }
 
 /** How often the TAP's host-side state is looked at. */
@@ -103,9 +108,18 @@ export class NetSetup {
     // Queue order: RX 0, TX 1, control 2.
     if (this.opts.ioeventfd) this.spec.ioeventfdFds = [d.rx.fd, d.tx.fd, d.ctrl.fd];
     this.device = dev;
+    dev.onBackendLost = (message) => {
+      if (this.linkTimer) clearInterval(this.linkTimer);
+      this.opts.onBackendLost?.(message);
+    };
     // The host setting the TAP down or up reaches the guest as VIRTIO_NET_S_LINK_UP
-    // and a config interrupt (when it negotiated STATUS).
+    // and a config interrupt (when it negotiated STATUS). A deleted TAP is noticed
+    // here too when its fd is not being watched (RX waiting for guest buffers).
     this.linkTimer = setInterval(() => {
+      if (this.backend.attached?.() === false) {
+        dev.backendLost('the interface was deleted');
+        return;
+      }
       const up = this.backend.hostUp?.();
       if (up !== null && up !== undefined && up !== dev.linkUp) dev.setLinkUp(up);
     }, LINK_POLL_MS);
