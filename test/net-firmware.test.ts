@@ -139,3 +139,75 @@ kvmTestSerial('the host setting the TAP down and up reaches the device as link s
   t.true(await until(true), 'and up again');
   await vm.stop();
 }, needsPing);
+
+// ---- 64 KiB TSO frames, both directions (the bench's largest frame size) ----
+
+/** Byte and frame counters of the namespace's TAP (rx: frames from the guest). */
+function tapTotals(net: import('./helpers/netns.js').TestNet): { rxBytes: number; rxPackets: number } {
+  const lines = net.ns.must(['ip', '-s', 'link', 'show', 'tap0']).split('\n').map((l) => l.trim());
+  const rx = lines[lines.findIndex((l) => l.startsWith('RX:')) + 1].split(/\s+/);
+  return { rxBytes: Number(rx[0]), rxPackets: Number(rx[1]) };
+}
+
+kvmTestSerial('firmware tx-burst tso=1: 64 KiB TSO super-frames reach the namespace, one TAP frame each', async (t) => {
+  const net = testNet(t);
+  const before = tapTotals(net);
+  const r = await runFirmware('tx-burst', 'count=200 size=65536 tso=1', net.tap);
+  t.regex(r.output, /tx-burst: 200 frames size=65536 cycles=\d+/);
+  t.is(r.exit.status, 1);
+  const after = tapTotals(net);
+  t.true(after.rxBytes - before.rxBytes >= 200 * 65536, `bytes that crossed the TAP: ${after.rxBytes - before.rxBytes}`);
+  // Cut into 1448-byte segments they would be ~46 frames each; the ARP request adds one or two.
+  const frames = after.rxPackets - before.rxPackets;
+  t.true(frames >= 200 && frames < 400, `frames that crossed the TAP: ${frames}`);
+}, () => netMissing() ?? firmwareMissing('tx-burst')());
+
+/** scripts/bench/tap-floor.c built into a temporary directory (removed in teardown). */
+async function buildTapFloor(t: import('ava').ExecutionContext): Promise<string> {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { execFileSync } = await import('node:child_process');
+  const { repoRoot } = await import('./helpers/kvm.js');
+  const dir = mkdtempSync(join(tmpdir(), 'tsv-tap-floor-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const bin = join(dir, 'tap-floor');
+  execFileSync('cc', ['-O2', '-o', bin, join(repoRoot, 'scripts/bench/tap-floor.c')]);
+  return bin;
+}
+
+async function ccMissing(): Promise<string | null> {
+  const { spawnSync } = await import('node:child_process');
+  return spawnSync('cc', ['--version']).status === 0 ? null : 'needs cc to build scripts/bench/tap-floor.c';
+}
+const noCc = await ccMissing();
+
+for (const [how, args] of [
+  ['65600-byte buffers', 'tso=1'],
+  ['merged 2 KiB buffers (MRG_RXBUF)', 'tso=1 mrg=1'],
+] as const) {
+  kvmTestSerial(`firmware rx-sink ${args}: 64 KiB TSO frames sent into the TAP arrive whole, in ${how}`, async (t) => {
+    const net = testNet(t);
+    // Quiet the namespace's own IPv6 chatter (MLD reports, router solicitations); a few may be queued already.
+    net.ns.exec(['sysctl', '-qw', 'net.ipv6.conf.tap0.disable_ipv6=1']);
+    const floor = await buildTapFloor(t);
+    const vm = await Vm.boot({ kernel: firmwareImage('rx-sink'), cmdline: `ready=1 ${args} count=0 idle=3000`, memMiB: 64, timeoutMs: 60_000, net: { tap: net.tap } });
+    t.teardown(() => vm.stop());
+    await vm.console.waitFor(/rx-sink: ready/, { fromStart: true, timeoutMs: 30_000 });
+    // The TAP takes 64 KiB frames once the device applied the guest's offloads (at DRIVER_OK, on the main loop).
+    for (let i = 0; i < 100 && !vm.net?.isActive; i++) await new Promise((r) => setTimeout(r, 20));
+    t.true(vm.net?.isActive, 'the device is active');
+    // 65535: the kernel cuts GSO frames of 64 KiB and more (gso_max_size) before the TAP's reader sees them.
+    const send = await net.ns.run([floor, 'send', 'tap0', '65535', '50', 'gso'], { timeoutMs: 30_000 });
+    t.regex(send.out, /tap-floor send size=65535 frames=50 ns=\d+/);
+    const exit = await vm.exited;
+    t.is(exit.status, 1);
+    // Besides the fifty, a few small frames of the namespace's own may come.
+    const m = /rx-sink: (\d+) frames bytes=(\d+) cycles=\d+/.exec(vm.console.output);
+    t.truthy(m, vm.console.output);
+    const [frames, bytes] = [Number(m![1]), Number(m![2])];
+    t.true(frames >= 50 && frames < 100, `frames: ${frames} (cut into 1448-byte segments they would be ~2300)`);
+    t.true(bytes >= 50 * 65535 && bytes < 50 * 65535 + 50 * 1514, `bytes: ${bytes}`);
+    t.is(exit.net?.rxBytes, bytes, "the device's count agrees");
+  }, () => netMissing() ?? firmwareMissing('rx-sink')() ?? noCc);
+}

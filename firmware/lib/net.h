@@ -14,6 +14,9 @@
 #define ICMP_HLEN 8
 #define IPPROTO_ICMP 1
 #define IPPROTO_UDP 17
+#define IPPROTO_TCP 6
+#define TCP_HLEN 20
+#define TCP_MSS 1448   /* gso_size of TSO frames (a Linux guest's MSS with timestamps) */
 
 struct net {
   struct vnet *nic;
@@ -70,6 +73,14 @@ bool net_send_udp(struct net *s, uint16_t sport, uint16_t dport, const void *dat
 /* Builds Ethernet + IPv4 + UDP headers (checksum over the data given) at
  * frame; returns the frame length. For callers that fill TX buffers themselves. */
 uint32_t net_build_udp(struct net *s, uint8_t *frame, uint16_t sport, uint16_t dport, const void *data, uint32_t len);
+/* Builds Ethernet + IPv4 + TCP (ACK|PSH, no options) headers for len bytes of
+ * data already in place after them, and the virtio-net header h (written
+ * first, 12 bytes, num_buffers 0; h may be frame - 10 with a 10-byte
+ * header) for a device that negotiated CSUM + HOST_TSO4:
+ * NEEDS_CSUM with the pseudo-header sum in the checksum field, and GSO TCPV4
+ * with gso_size TCP_MSS when len exceeds it. Returns the frame length. */
+uint32_t net_build_tcp_tso(struct net *s, uint8_t *frame, uint16_t sport, uint16_t dport, uint32_t seq, uint32_t len,
+                           struct virtio_net_hdr *h);
 /* Parses the driver options (unless o is given), brings the device up and
  * net_init()s s (if not NULL); prints `<name>: FAIL device: …` or `<name>:
  * bad argument …` and returns the exit code on failure, else 0. With info=1

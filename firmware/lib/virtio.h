@@ -20,7 +20,10 @@
 
 /* feature bits */
 #define VIRTIO_NET_F_CSUM       0
+#define VIRTIO_NET_F_GUEST_CSUM 1
 #define VIRTIO_NET_F_MAC        5
+#define VIRTIO_NET_F_GUEST_TSO4 7
+#define VIRTIO_NET_F_HOST_TSO4  11
 #define VIRTIO_NET_F_MRG_RXBUF  15
 #define VIRTIO_NET_F_STATUS     16
 #define VIRTIO_F_ANY_LAYOUT     27
@@ -119,6 +122,18 @@ void vq_want_irq(struct vq *q, bool on, uint16_t ahead);
 /* ---- virtio-net ---- */
 enum vnet_irq { VNET_IRQ_MSIX, VNET_IRQ_INTX, VNET_IRQ_POLL };
 #define VNET_BUF 2048   /* per RX buffer and TX slot: 12-byte header + 1514-byte frame */
+/* RX buffer with GUEST_TSO4 and no MRG_RXBUF: at least 65562 bytes (virtio 1.2 §5.1.6.3.1) */
+#define VNET_BIG_BUF (65536 + 64)
+
+/* struct virtio_net_hdr (+ num_buffers: 12 bytes with VERSION_1 or MRG_RXBUF) */
+struct virtio_net_hdr {
+  uint8_t flags, gso_type;
+  uint16_t hdr_len, gso_size, csum_start, csum_offset;
+  uint16_t num_buffers;
+};
+#define VIRTIO_NET_HDR_F_NEEDS_CSUM 1
+#define VIRTIO_NET_HDR_GSO_NONE  0
+#define VIRTIO_NET_HDR_GSO_TCPV4 1
 #define VNET_VEC_CONFIG 0x30
 #define VNET_VEC_RX     0x31
 #define VNET_VEC_TX     0x32
@@ -127,6 +142,7 @@ enum vnet_irq { VNET_IRQ_MSIX, VNET_IRQ_INTX, VNET_IRQ_POLL };
 struct vnet_opts {
   bool modern;            /* transport=modern|legacy */
   bool mrg, event_idx;    /* mrg=0|1 event_idx=0|1 (only if offered) */
+  bool tso;               /* tso=0|1: CSUM + HOST_TSO4 + GUEST_CSUM + GUEST_TSO4 (if offered) */
   enum vnet_irq irq;      /* irq=msix|intx|poll */
   bool msix_shared;       /* msix=split|shared: RX and TX on one vector */
   bool wait_irq;          /* wait=irq|poll */
@@ -145,6 +161,9 @@ struct vnet {
   uint16_t link_status;   /* 0xffff if no STATUS feature */
   unsigned hdr_len;       /* 12 with VERSION_1 or MRG_RXBUF, else 10 */
   bool any_layout;        /* header and frame in one TX descriptor */
+  bool tx_tso;            /* CSUM + HOST_TSO4 negotiated: TX frames may be TSO super-frames */
+  bool rx_tso;            /* GUEST_CSUM + GUEST_TSO4 negotiated: RX frames up to 64 KiB */
+  uint32_t rx_buf_size;   /* bytes per RX buffer: VNET_BUF, or VNET_BIG_BUF (rx_tso without MRG_RXBUF) */
   uint8_t *rx_bufs, *tx_bufs;
   uint16_t *tx_free;      /* stack of free TX slots */
   uint16_t tx_nfree, tx_slots;
@@ -153,6 +172,7 @@ struct vnet {
   uint16_t tx_irq_ahead;  /* vnet_wait(tx): with EVENT_IDX, interrupt after this many more used */
   uint32_t rx_frames, tx_frames;
   uint64_t rx_bytes;
+  uint32_t rx_frame_len;  /* whole frame (all merged buffers, no header) of the last vnet_rx */
 };
 
 /* Reads the options from the command line (see firmware/README.md). */
@@ -173,9 +193,12 @@ void vnet_tx_queue_at(struct vnet *n, const void *hdr_and_frame, uint32_t len);
 bool vnet_tx_kick(struct vnet *n);
 bool vnet_send(struct vnet *n, const void *frame, uint32_t len);
 unsigned vnet_tx_reclaim(struct vnet *n);   /* used TX slots back to the free stack */
-/* RX: next received frame (after the header), or NULL. Call vnet_rx_done
- * when finished with it (the buffer is reposted; published every 16 or
- * when the ring runs low, and by vnet_rx_flush). */
+/* RX: next received frame (after the header), or NULL; *len is what lies
+ * in the returned buffer. With MRG_RXBUF a frame may span num_buffers
+ * buffers: only the first is handed out (the others are reposted at once)
+ * and n->rx_frame_len holds the whole length. Call vnet_rx_done when
+ * finished with it (the buffer is reposted; published every 16 or when the
+ * ring runs low, and by vnet_rx_flush). */
 uint8_t *vnet_rx(struct vnet *n, uint32_t *len);
 void vnet_rx_done(struct vnet *n);
 void vnet_rx_flush(struct vnet *n);

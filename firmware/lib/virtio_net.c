@@ -1,5 +1,6 @@
 /* virtio-net driver: one RX queue (0) and one TX queue (1), fixed buffers.
- * RX: buffer i (VNET_BUF bytes) belongs to descriptor i (or to descriptors
+ * RX: buffer i (rx_buf_size bytes: VNET_BUF, or VNET_BIG_BUF when TSO frames
+ * may arrive without MRG_RXBUF) belongs to descriptor i (or to descriptors
  * 2i/2i+1 when the legacy device lacks ANY_LAYOUT and wants the header in a
  * descriptor of its own); a used buffer is reposted as is. TX: slot i has its
  * own buffer and descriptor(s); free slots are kept on a stack, so the device
@@ -60,6 +61,7 @@ bool vnet_opts_parse(struct vnet_opts *o, const char **why)
   if (o->irq == VNET_IRQ_POLL && o->wait_irq) bad = "wait (irq=poll needs wait=poll)";
   o->mrg = parse_bool("mrg", false, &bad);
   o->event_idx = parse_bool("event_idx", false, &bad);
+  o->tso = parse_bool("tso", false, &bad);
   o->gsi = fw_arg("gsi") ? (int)fw_arg_u64("gsi", 0) : -1;
   uint64_t q = fw_arg_u64("qsize", 256);
   if (q < 2 || q > 32768) bad = "qsize";
@@ -84,6 +86,9 @@ static bool setup(struct vnet *n, const char **why)
   uint64_t want = VBIT(VIRTIO_NET_F_MAC) | VBIT(VIRTIO_NET_F_STATUS);
   if (o->mrg) want |= VBIT(VIRTIO_NET_F_MRG_RXBUF);
   if (o->event_idx) want |= VBIT(VIRTIO_F_RING_EVENT_IDX);
+  if (o->tso)
+    want |= VBIT(VIRTIO_NET_F_CSUM) | VBIT(VIRTIO_NET_F_HOST_TSO4) |
+            VBIT(VIRTIO_NET_F_GUEST_CSUM) | VBIT(VIRTIO_NET_F_GUEST_TSO4);
   want |= d->modern ? VBIT(VIRTIO_F_VERSION_1) : VBIT(VIRTIO_F_ANY_LAYOUT);
   if (d->modern && !(offered & VBIT(VIRTIO_F_VERSION_1))) {
     *why = "device does not offer VERSION_1";
@@ -100,6 +105,10 @@ static bool setup(struct vnet *n, const char **why)
   uint64_t f = d->features;
   n->hdr_len = (f & (VBIT(VIRTIO_F_VERSION_1) | VBIT(VIRTIO_NET_F_MRG_RXBUF))) ? 12 : 10;
   n->any_layout = (f & (VBIT(VIRTIO_F_VERSION_1) | VBIT(VIRTIO_F_ANY_LAYOUT))) != 0;
+  n->tx_tso = (f & VBIT(VIRTIO_NET_F_CSUM)) && (f & VBIT(VIRTIO_NET_F_HOST_TSO4));
+  n->rx_tso = (f & VBIT(VIRTIO_NET_F_GUEST_CSUM)) && (f & VBIT(VIRTIO_NET_F_GUEST_TSO4));
+  /* 64 KiB frames fit one buffer unless the device may merge buffers */
+  n->rx_buf_size = n->rx_tso && !(f & VBIT(VIRTIO_NET_F_MRG_RXBUF)) ? VNET_BIG_BUF : VNET_BUF;
 
   uint16_t vrx = VIRTIO_MSI_NO_VECTOR, vtx = VIRTIO_MSI_NO_VECTOR;
   if (o->irq == VNET_IRQ_MSIX) {
@@ -130,14 +139,15 @@ static bool setup(struct vnet *n, const char **why)
 
   /* RX buffers: one per slot, header and frame in one buffer */
   uint16_t rslots = n->any_layout ? n->rx.size : n->rx.size / 2;
-  n->rx_bufs = fw_alloc_raw((size_t)rslots * VNET_BUF, 4096);
+  uint32_t bsize = n->rx_buf_size;
+  n->rx_bufs = fw_alloc_raw((size_t)rslots * bsize, 4096);
   for (uint16_t s = 0; s < rslots; s++) {
-    uint8_t *buf = n->rx_bufs + (uint32_t)s * VNET_BUF;
+    uint8_t *buf = n->rx_bufs + (uint32_t)s * bsize;
     if (n->any_layout) {
-      n->rx.desc[s] = (struct vring_desc){ (uintptr_t)buf, VNET_BUF, VRING_DESC_F_WRITE, 0 };
+      n->rx.desc[s] = (struct vring_desc){ (uintptr_t)buf, bsize, VRING_DESC_F_WRITE, 0 };
     } else {
       n->rx.desc[2 * s] = (struct vring_desc){ (uintptr_t)buf, n->hdr_len, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2 * s + 1 };
-      n->rx.desc[2 * s + 1] = (struct vring_desc){ (uintptr_t)buf + n->hdr_len, VNET_BUF - n->hdr_len, VRING_DESC_F_WRITE, 0 };
+      n->rx.desc[2 * s + 1] = (struct vring_desc){ (uintptr_t)buf + n->hdr_len, bsize - n->hdr_len, VRING_DESC_F_WRITE, 0 };
     }
     if (o->rx_fill)
       vq_push(&n->rx, n->any_layout ? s : 2 * s);
@@ -299,6 +309,29 @@ bool vnet_send(struct vnet *n, const void *frame, uint32_t len)
   return true;
 }
 
+/* Pops the num_buffers - 1 further buffers of a merged frame and reposts
+ * them (their contents are not handed out). The device publishes a frame's
+ * buffers together, so they are all in the used ring already. Returns their
+ * bytes, or -1 if a buffer is missing or malformed. */
+static int64_t rx_merged_rest(struct vnet *n, uint16_t more)
+{
+  int64_t bytes = 0;
+  bool ok = true;
+  while (more--) {
+    uint32_t id, l;
+    if (!vq_pop(&n->rx, &id, &l))
+      return -1;
+    if (id >= n->rx.size || (!n->any_layout && (id & 1)) || l > n->rx_buf_size) {
+      ok = false;
+      continue;
+    }
+    bytes += l;
+    vq_push(&n->rx, (uint16_t)id);
+    rx_pending++;
+  }
+  return ok ? bytes : -1;
+}
+
 uint8_t *vnet_rx(struct vnet *n, uint32_t *len)
 {
   uint32_t id, l;
@@ -306,13 +339,22 @@ uint8_t *vnet_rx(struct vnet *n, uint32_t *len)
     return NULL;
   rx_cur = (uint16_t)id;
   uint16_t slot = (uint16_t)(n->any_layout ? id : id / 2);
-  uint8_t *buf = n->rx_bufs + (uint32_t)slot * VNET_BUF;
-  if (id >= n->rx.size || l < n->hdr_len || l > VNET_BUF ||
-      ((n->dev.features & VBIT(VIRTIO_NET_F_MRG_RXBUF)) && *(uint16_t *)(buf + 10) != 1))
+  uint8_t *buf = n->rx_bufs + (uint32_t)slot * n->rx_buf_size;
+  int64_t rest = 0;
+  if (id >= n->rx.size || l < n->hdr_len || l > n->rx_buf_size) {
     l = n->hdr_len;   /* malformed: hand out an empty frame */
+  } else if (n->dev.features & VBIT(VIRTIO_NET_F_MRG_RXBUF)) {
+    uint16_t nb = *(volatile uint16_t *)(buf + 10);
+    rest = nb == 0 || nb > n->rx.size ? -1 : rx_merged_rest(n, (uint16_t)(nb - 1));
+    if (rest < 0) {
+      l = n->hdr_len;
+      rest = 0;
+    }
+  }
   *len = l - n->hdr_len;
+  n->rx_frame_len = *len + (uint32_t)rest;
   n->rx_frames++;
-  n->rx_bytes += *len;
+  n->rx_bytes += n->rx_frame_len;
   return buf + n->hdr_len;
 }
 

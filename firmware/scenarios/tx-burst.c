@@ -2,12 +2,20 @@
  * frame without FCS, 60..1514, default 64) as fast as the TX ring allows: a
  * UDP datagram to host:9 (discard), all frames the same, every descriptor
  * pointing at one buffer (so the guest spends its time on the ring, not on
- * copying). The ring is filled, then published with one notification per
- * batch= frames (default: the TX ring's size, i.e. one per ring-full; the
- * kick is skipped when the device suppresses it), then the used ring is
- * reaped (polled with wait=poll; with wait=irq one TX interrupt per batch
- * is asked for, at the batch's last frame with EVENT_IDX). The host's MAC
- * comes from ARP unless host_mac= is given (not timed). Prints
+ * copying). With tso=1 (CSUM + HOST_TSO4 negotiated, and GUEST_CSUM +
+ * GUEST_TSO4 with it, see lib/virtio_net.c) the frame is TCP (ACK|PSH) to
+ * host:port with the checksum left to the device (NEEDS_CSUM) and, when its
+ * payload exceeds 1448 bytes, a TSO super-frame (gso TCPV4, gso_size 1448)
+ * that the host cuts into segments: size= then goes up to 65549 (Ethernet
+ * header + the largest IPv4 packet), e.g. size=65536 tso=1 (larger than
+ * 1514 without tso=1: exit 2; no CSUM + HOST_TSO4 offered: exit 1). The
+ * ring is filled, then published with one notification per batch= frames
+ * (default: the TX ring's size, i.e. one per ring-full; the kick is skipped
+ * when the device suppresses it), then the used ring is reaped (polled with
+ * wait=poll; with wait=irq one TX interrupt per batch is asked for, at the
+ * batch's last frame with EVENT_IDX). The host's MAC comes from ARP unless
+ * host_mac= is given (not timed; then the host does not learn ours either,
+ * so its answers — TCP RSTs, ICMP — do not come back to be recycled). Prints
  *   tx-burst: N frames size=S cycles=C kicks=K
  * C: TSC cycles from the first frame queued to the last one used; K: queue
  * notifications written. Exit 0, 1 if the device stalled for timeout= ms
@@ -23,25 +31,45 @@ int main(uint32_t magic, uint32_t mbi)
   uint32_t batch = (uint32_t)fw_arg_u64("batch", 0);
   uint32_t timeout = (uint32_t)fw_arg_u64("timeout", 5000);
   uint64_t port = fw_arg_u64("port", 9);
-  if (count == 0 || size < 60 || size > 1514 || port > 0xffff) {
+  struct vnet_opts o;
+  const char *why;
+  if (!vnet_opts_parse(&o, &why)) {
+    printf("tx-burst: bad argument %s\n", why);
+    return FW_EXIT_USAGE;
+  }
+  uint32_t max = o.tso ? ETH_HLEN + 0xffff : 1514;
+  if (count == 0 || size < 60 || size > max || port > 0xffff) {
     printf("tx-burst: bad argument count/size/port\n");
     return FW_EXIT_USAGE;
   }
-  int rc = net_bring_up("tx-burst", &nic, &s, NULL);
+  int rc = net_bring_up("tx-burst", &nic, &s, &o);
   if (rc)
     return rc;
+  if (o.tso && !nic.tx_tso) {
+    printf("tx-burst: 0 frames FAIL device: CSUM + HOST_TSO4 not offered\n");
+    vnet_shutdown(&nic);
+    return FW_EXIT_FAIL;
+  }
   if (!net_resolve_host(&s, rdtsc() + fw_ms_to_tsc((uint32_t)fw_arg_u64("arp_timeout", 3000)))) {
     printf("tx-burst: 0 frames FAIL arp: no answer from the host\n");
     vnet_shutdown(&nic);
     return FW_EXIT_FAIL;
   }
-  /* one frame: header (zero) + Ethernet/IP/UDP + payload */
-  uint8_t *buf = fw_alloc(VNET_BUF, 64);
+  /* one frame: virtio-net header + Ethernet/IP/UDP (or TCP) + payload */
+  uint8_t *buf = fw_alloc(nic.hdr_len + size, 64);
   uint8_t *frame = buf + nic.hdr_len;
-  uint32_t payload = size - (ETH_HLEN + IP_HLEN + UDP_HLEN);
-  for (uint32_t i = 0; i < payload; i++)
-    frame[ETH_HLEN + IP_HLEN + UDP_HLEN + i] = (uint8_t)i;
-  net_build_udp(&s, frame, 40009, (uint16_t)port, frame + ETH_HLEN + IP_HLEN + UDP_HLEN, payload);
+  uint32_t l4 = o.tso ? TCP_HLEN : UDP_HLEN;
+  uint32_t payload = size - (ETH_HLEN + IP_HLEN + l4);
+  uint8_t *data = frame + ETH_HLEN + IP_HLEN + l4;
+  /* bytes count up from 0; past 256, copy whole 256-byte periods (rep movs: few emulated steps) */
+  for (uint32_t i = 0; i < payload && i < 256; i++)
+    data[i] = (uint8_t)i;
+  for (uint32_t have = 256; have < payload; have *= 2)
+    memcpy(data + have, data, payload - have < have ? payload - have : have);
+  if (o.tso)
+    net_build_tcp_tso(&s, frame, 40009, (uint16_t)port, 1, payload, (struct virtio_net_hdr *)buf);
+  else
+    net_build_udp(&s, frame, 40009, (uint16_t)port, data, payload);
 
   vnet_tx_reclaim(&nic);   /* ARP's slots */
   if (!batch || batch > nic.tx_slots)
