@@ -337,7 +337,10 @@ test('reset (status 0) clears features, queues, vectors, ISR and MSI-X pending b
   dev.legacyWrite(VIRTIO_PCI_STATUS, 1, 0);
   t.false(state.queueEnabled(0));
   t.is(device.resets, 2);
-  // NEEDS_RESET is sticky until a reset.
+  // Legacy has no NEEDS_RESET bit (the data path just stops); modern gets it, sticky until a reset.
+  sender.needsReset();
+  t.is(state.status & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+  negotiateModern(s, bitOf(F_MAC) | bitOf(F_VERSION_1));
   sender.needsReset();
   w(VIRTIO_PCI_COMMON_STATUS, 1, 1);
   t.is(state.status & VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_CONFIG_S_NEEDS_RESET);

@@ -6,6 +6,7 @@ import fc from 'fast-check';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { DescriptorChain, Virtqueue, VIRTQ_DESC_F_INDIRECT } from '../src/devices/virtio/virtqueue.js';
 import { VringDriver, type Buf } from './helpers/vring-driver.js';
+import { fuzzRuns } from './helpers/fuzz-runs.js';
 
 // Two RAM regions with a hole between them, so "in range of the buffer" and
 // "in RAM" differ.
@@ -214,14 +215,13 @@ test('hostile rings: never throws, never reads outside RAM, segments are RAM, re
       }
       return true;
     }),
-    { numRuns: 20_000 },
+    { numRuns: fuzzRuns(20_000) },
   );
   const ms = Date.now() - started;
   t.log(`${runs} cases, ${pops} chains popped, ${broken} queues broken, ${ms} ms`);
-  t.true(runs >= 20_000);
+  t.true(runs >= fuzzRuns(20_000));
   t.true(pops > 1000, 'the generator reaches valid chains too');
   t.true(broken > 1000, 'and malformed ones');
-  t.true(ms < 20_000, `took ${ms} ms`);
 });
 
 // A random well-formed workload: chains of 1..6 segments, direct or indirect,

@@ -24,6 +24,12 @@
 //
 // Guest errors never throw: they are counted, and a malformed ring or chain
 // marks the device NEEDS_RESET (QEMU virtio_error).
+//
+// A backend that goes away for good (the TAP deleted under its open fd: tun
+// then fails every read and write with EBADFD and polls with POLLERR) is not
+// the guest's fault and does not end the run, as in QEMU: the fd is no longer
+// watched, the link is reported down (a config interrupt with STATUS), and TX
+// frames are completed as link-down drops.
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { BottomHalf, Doorbell, FdHandler, MainLoop } from '../../loop/main-loop.js';
 import { DescriptorChain, Virtqueue, VIRTIO_RING_F_EVENT_IDX } from '../virtio/virtqueue.js';
@@ -33,9 +39,10 @@ import {
   VIRTIO_CONFIG_S_NEEDS_RESET,
   type TransportState,
 } from '../virtio/transport-state.js';
-import { NativeBuffer, EAGAIN, EINTR, strerror } from '../../sys/libc.js';
+import { NativeBuffer, EAGAIN, EBADFD, EINTR, strerror } from '../../sys/libc.js';
 import type { NetBackend } from '../../net/tap.js';
 import { Iovecs, IOV_MAX } from './iovec.js';
+import { GuestErrorLog } from '../virtio/guest-error-log.js';
 import {
   guestTakesGso,
   tunOffloadsFor,
@@ -85,6 +92,8 @@ export const VIRTIO_NET_CTRL_ANNOUNCE = 3;
 export const VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0;
 /** QEMU MAC_TABLE_ENTRIES: more addresses than this switch to "all" for that class. */
 export const MAC_TABLE_ENTRIES = 64;
+/** Largest control command read (header included): a MAC table of ~10 000 addresses; longer ones get VIRTIO_NET_ERR. */
+export const CTRL_MAX_COMMAND = 2 + 8 + 6 * 10_000;
 
 /** The largest frame (header included) a guest with GSO offloads can be handed: 64 KiB + headers. */
 export const RX_MAX_GSO_FRAME = 65550;
@@ -147,6 +156,8 @@ export interface VirtioNetStats {
   rxBatches: number;
   ctrlCommands: number;
   ctrlErrors: number;
+  /** Poll errors the backend fd reported (POLLERR: a TAP deleted under us). */
+  backendErrors: number;
   drops: {
     txZeroLength: number;
     txLinkDown: number;
@@ -160,6 +171,8 @@ export interface VirtioNetStats {
   /** Guest errors that made the device NEEDS_RESET (first few, as text). */
   deviceErrors: string[];
   lastErrno: number;
+  /** Why the backend went away for good (see backendLost), or null. */
+  backendLost: string | null;
 }
 
 function emptyStats(): VirtioNetStats {
@@ -167,9 +180,9 @@ function emptyStats(): VirtioNetStats {
     txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txKicks: 0, rxKicks: 0, ctrlKicks: 0, txKicksCoalesced: 0,
     txBhRuns: 0, txBurstReschedules: 0, txRaceRechecks: 0, txParked: 0, txResumed: 0,
     txInterrupts: 0, rxInterrupts: 0, ctrlInterrupts: 0, configInterrupts: 0,
-    rxStalls: 0, rxResumes: 0, rxReadableCallbacks: 0, rxBatches: 0, ctrlCommands: 0, ctrlErrors: 0,
+    rxStalls: 0, rxResumes: 0, rxReadableCallbacks: 0, rxBatches: 0, ctrlCommands: 0, ctrlErrors: 0, backendErrors: 0,
     drops: { txZeroLength: 0, txLinkDown: 0, txWriteError: 0, rxTruncated: 0, rxTooBig: 0, rxRunt: 0, rxFiltered: 0, rxReadError: 0 },
-    deviceErrors: [], lastErrno: 0,
+    deviceErrors: [], lastErrno: 0, backendLost: null,
   };
 }
 
@@ -214,6 +227,10 @@ export class VirtioNet {
   readonly txBurst: number;
   readonly rxBurst: number;
   readonly filter: RxFilter = VirtioNet.defaultFilter();
+  /** Guest errors, one rate-limited line each (stderr by default). */
+  guestLog = new GuestErrorLog('virtio-net');
+  /** Called once when the backend goes away for good, with a one-line description. */
+  onBackendLost: ((message: string) => void) | null = null;
 
   private readonly s = emptyStats();
   private readonly txBh: BottomHalf;
@@ -347,6 +364,7 @@ export class VirtioNet {
     this.ctrlBh.delete();
     this.controlBh.delete();
     for (const d of Object.values(this.doorbells)) d.close();
+    this.guestLog.flush();
   }
 
   // ---------------------------------------------------------------- status
@@ -443,6 +461,7 @@ export class VirtioNet {
     if (this.s.deviceErrors.length < 8) this.s.deviceErrors.push(reason);
     if (this.broken) return;
     this.broken = true;
+    this.guestLog.report(`${reason}: device stopped until the driver resets it`);
     this.fdh.setReadable(false);
     this.fdh.setWritable(false);
     this.txBh.cancel();
@@ -455,6 +474,7 @@ export class VirtioNet {
 
   /** Link state as the guest sees it (VIRTIO_NET_S_LINK_UP); a config interrupt tells a driver with STATUS. */
   setLinkUp(up: boolean): void {
+    if (up && this.s.backendLost !== null) return;
     const was = (this.config.status & VIRTIO_NET_S_LINK_UP) !== 0;
     if (was === up) return;
     if (up) this.config.setStatusBits(VIRTIO_NET_S_LINK_UP);
@@ -522,7 +542,7 @@ export class VirtioNet {
     const iov = this.txIov;
     const limit = this.txBurst;
     const maxFill = q.size;
-    const linkUp = (this.config.status & VIRTIO_NET_S_LINK_UP) !== 0;
+    let linkUp = (this.config.status & VIRTIO_NET_S_LINK_UP) !== 0;
     let done = 0;
     let filled = 0;
     let result = 0;
@@ -583,6 +603,10 @@ export class VirtioNet {
       if (r < 0) {
         this.s.drops.txWriteError++;
         this.s.lastErrno = -r;
+        if (r === -EBADFD && this.backend.attached?.() === false) {
+          this.backendLost('the interface was deleted');
+          linkUp = false;
+        }
       } else {
         this.s.txPackets++;
         this.s.txBytes += chain.readableBytes - hdrLen;
@@ -613,7 +637,29 @@ export class VirtioNet {
   }
 
   private onBackendError(): void {
+    this.s.backendErrors++;
+    if (this.backend.attached?.() === false) {
+      this.backendLost('the interface was deleted');
+      return;
+    }
+    // libuv stopped the watch; look again when the guest next adds RX buffers.
     this.s.lastErrno = -1;
+    this.rxWaiting = true;
+  }
+
+  /**
+   * The backend is gone for good: stop watching its fd (a detached tun fd
+   * polls POLLERR forever), report the link down, and complete TX from now on
+   * as link-down drops. The guest keeps running; RX simply never comes.
+   */
+  backendLost(reason: string): void {
+    if (this.s.backendLost !== null) return;
+    this.s.backendLost = reason;
+    this.fdh.close();
+    this.setLinkUp(false);
+    // A chain parked on EAGAIN waits for a writable event that cannot come: complete it.
+    if (this.txHasParked) this.txBh.schedule();
+    this.onBackendLost?.(`${this.backend.name} went away (${reason}): the guest keeps running with its link down`);
   }
 
   // -------------------------------------------------------------------- RX
@@ -637,7 +683,7 @@ export class VirtioNet {
 
   /** Delivers frames while there are frames and buffers, at most rxBurst; one interrupt at the end. */
   private rxPump(): void {
-    if (!this.active || this.broken || !this.rxq.ready) {
+    if (!this.active || this.broken || !this.rxq.ready || this.s.backendLost !== null) {
       this.fdh.setReadable(false);
       return;
     }
@@ -715,6 +761,12 @@ export class VirtioNet {
         this.deviceError('virtio-net receive queue contains no in buffers');
         return -1;
       }
+      if (this.mergeable && c.writableBytes < this.hdrLen) {
+        // virtio 1.2 §5.1.6.3.1: with MRG_RXBUF each buffer holds at least a header
+        // (num_buffers is written into the first one).
+        this.deviceError('virtio-net receive buffer smaller than the header with MRG_RXBUF');
+        return -1;
+      }
       if (iov.count + c.writableSegments > IOV_MAX) {
         q.unpop(1);
         break;
@@ -760,6 +812,10 @@ export class VirtioNet {
       if (len === -EAGAIN || len === -EINTR) return RX_EMPTY;
       this.s.drops.rxReadError++;
       this.s.lastErrno = -len;
+      if (len === -EBADFD && this.backend.attached?.() === false) {
+        this.backendLost('the interface was deleted');
+        return RX_STOP;
+      }
       // A persistent error (EIO, EBADFD…) would spin the loop: stop reading until the next kick.
       this.rxWaiting = true;
       this.fdh.setReadable(false);
@@ -912,6 +968,16 @@ export class VirtioNet {
       if (c.readableBytes < 2 || c.writableBytes < 1) {
         this.deviceError('virtio-net ctrl missing headers');
         break;
+      }
+      if (c.readableBytes > CTRL_MAX_COMMAND) {
+        // The copy below is sized by the guest: refuse what no command needs
+        // (64 segments of all RAM would be an allocation the host cannot make).
+        this.s.ctrlCommands++;
+        this.s.ctrlErrors++;
+        this.writeChainByte(c, 0, VIRTIO_NET_ERR);
+        q.push(c.head, 1);
+        pushed++;
+        continue;
       }
       const data = new Uint8Array(c.readableBytes);
       let off = 0;

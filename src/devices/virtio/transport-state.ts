@@ -364,8 +364,13 @@ export class InterruptSender {
     else this.raiseIntx(VIRTIO_ISR_CONFIG);
   }
 
-  /** Marks the device broken (virtio 1.2 §2.1.2): NEEDS_RESET and a config interrupt, once DRIVER_OK. */
+  /**
+   * Marks the device broken (virtio 1.2 §2.1.2, QEMU virtio_error): a modern
+   * driver gets NEEDS_RESET and a config interrupt, once DRIVER_OK. Legacy
+   * (virtio 0.9.5) has no such bit: there the caller's data path just stops.
+   */
   needsReset(): void {
+    if (!this.state.modern) return;
     const st = this.state.orStatus(VIRTIO_CONFIG_S_NEEDS_RESET);
     if (st & VIRTIO_CONFIG_S_NEEDS_RESET) return;
     if (st & VIRTIO_CONFIG_S_DRIVER_OK) this.sendConfigInterrupt();

@@ -19,6 +19,7 @@ import type { GuestMemory } from '../../memory/guest-memory.js';
 import { PciDevice, PCI_CAP_ID_VNDR, type BarHandler } from '../pci/config-space.js';
 import { Msix, MSIX_NO_VECTOR } from '../pci/msix.js';
 import { legacyVringLayout, VIRTIO_PCI_QUEUE_ADDR_SHIFT } from './virtqueue.js';
+import { GuestErrorLog } from './guest-error-log.js';
 import {
   InterruptSender, TransportState, VcpuResetHandshake, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
   type IrqSink, type VirtioDeviceVcpuSide,
@@ -158,6 +159,8 @@ export interface VirtioPciOptions {
   resetTimeoutMs?: number;
   /** Called after the guest changed an MSI-X entry's address or data (to refresh irqfd routes). */
   onMsixMessageChanged?: () => void;
+  /** Where refused guest values are reported (rate-limited); default: stderr, named after the device. */
+  log?: GuestErrorLog;
 }
 
 /** Counters a test or --stats can read. */
@@ -190,6 +193,8 @@ export class VirtioPciDevice extends PciDevice {
   readonly stats: VirtioPciStats = { badAccesses: 0, refusedQueues: 0, refusedFeatures: 0, resets: 0, resetTimeouts: 0, notifies: 0 };
   /** Why the last queue or FEATURES_OK was refused (diagnostics; set on error paths only). */
   lastError = '';
+  /** Refused guest values, one rate-limited line each. */
+  readonly log: GuestErrorLog;
 
   constructor(opts: VirtioPciOptions) {
     const d = opts.device;
@@ -204,6 +209,7 @@ export class VirtioPciDevice extends PciDevice {
     this.device = d;
     this.state = opts.state;
     this.mem = opts.mem;
+    this.log = opts.log ?? new GuestErrorLog(d.name);
     this.irq = new InterruptSender(opts.state, opts.irq);
     this.handshake = new VcpuResetHandshake(opts.state, opts.ringReset, opts.resetTimeoutMs);
     const offered = d.deviceFeatures | (1n << BigInt(VIRTIO_F_VERSION_1));
@@ -219,8 +225,18 @@ export class VirtioPciDevice extends PciDevice {
       if (this.msix.tableBytes > MSIX_PBA_OFFSET) throw new RangeError(`${vectors} MSI-X vectors do not fit before the PBA`);
       const m = this.msix;
       const msixBar: BarHandler = {
-        read: (o, s) => o >= MSIX_PBA_OFFSET ? m.pbaRead(o - MSIX_PBA_OFFSET, s) : m.tableRead(o, s),
-        write: (o, s, v) => o >= MSIX_PBA_OFFSET ? m.pbaWrite(o - MSIX_PBA_OFFSET, s, v) : m.tableWrite(o, s, v),
+        read: (o, s) => {
+          const bad = m.badAccesses;
+          const v = o >= MSIX_PBA_OFFSET ? m.pbaRead(o - MSIX_PBA_OFFSET, s) : m.tableRead(o, s);
+          if (m.badAccesses !== bad) this.badAccess(o >= MSIX_PBA_OFFSET ? 'MSI-X PBA' : 'MSI-X table', o, s, false);
+          return v;
+        },
+        write: (o, s, v) => {
+          const bad = m.badAccesses;
+          if (o >= MSIX_PBA_OFFSET) m.pbaWrite(o - MSIX_PBA_OFFSET, s, v);
+          else m.tableWrite(o, s, v);
+          if (m.badAccesses !== bad) this.badAccess(o >= MSIX_PBA_OFFSET ? 'MSI-X PBA' : 'MSI-X table', o, s, true);
+        },
       };
       this.defineBar(MSIX_BAR, { kind: 'mem32', size: MSIX_BAR_SIZE, name: 'msix', handler: msixBar });
     } else {
@@ -306,7 +322,7 @@ export class VirtioPciDevice extends PciDevice {
     const h = bar < 6 ? this.barHandler(bar) : null;
     const spec = bar < 6 ? this.barSpec(bar) : null;
     if (!h || !spec || (len !== 1 && len !== 2 && len !== 4) || off + len > spec.size || offset !== c + 16 || size < len) {
-      this.stats.badAccesses++;
+      this.badAccess('PCI_CFG window', offset, size, write);
       return 0;
     }
     if (write) {
@@ -360,6 +376,7 @@ export class VirtioPciDevice extends PciDevice {
     if (!legacy && v & VIRTIO_CONFIG_S_FEATURES_OK && !(old & VIRTIO_CONFIG_S_FEATURES_OK) && !this.featuresAcceptable()) {
       v &= ~VIRTIO_CONFIG_S_FEATURES_OK;
       this.stats.refusedFeatures++;
+      if (this.log.admit()) this.log.write(`refused FEATURES_OK: ${this.lastError}`);
     }
     if (!legacy && v & VIRTIO_CONFIG_S_FEATURES_OK) s.modern = s.hasDriverFeature(VIRTIO_F_VERSION_1);
     // NEEDS_RESET is the device's to set (the main thread may set it meanwhile) and only a reset clears it.
@@ -411,6 +428,7 @@ export class VirtioPciDevice extends PciDevice {
     if (why !== null) {
       this.lastError = `queue ${i}: ${why}`;
       this.stats.refusedQueues++;
+      if (this.log.admit()) this.log.write(`refused to enable ${this.lastError}`);
       return false;
     }
     s.setQueueEnabled(i, true);
@@ -455,6 +473,7 @@ export class VirtioPciDevice extends PciDevice {
   notify(queue: number): void {
     if (queue >= this.device.numQueues) {
       this.stats.badAccesses++;
+      if (this.log.admit()) this.log.write(`ignored a notify for queue ${queue}: the device has ${this.device.numQueues}`);
       return;
     }
     this.stats.notifies++;
@@ -462,14 +481,20 @@ export class VirtioPciDevice extends PciDevice {
     this.device.onQueueNotify(queue);
   }
 
+  /** Counts and reports (rate-limited) a register access the transport ignored; builds no string when suppressed. */
+  private badAccess(region: string, off: number, size: number, write: boolean): void {
+    this.stats.badAccesses++;
+    if (this.log.admit()) this.log.write(`ignored a ${size}-byte ${write ? 'write to' : 'read of'} ${region} offset 0x${off.toString(16)}`);
+  }
+
   // ---- BAR0: legacy ----
   legacyRead(off: number, size: number): number {
     const cfg = virtioPciConfigOff(this.msix !== null && this.msix.enabled);
     if (off >= cfg) return this.deviceConfigRead(off - cfg, size);
     const i = LEGACY.byOff[off];
-    if (i < 0) { this.stats.badAccesses++; return 0; }
+    if (i < 0) { this.badAccess('legacy register', off, size, false); return 0; }
     const r = LEGACY.regs[i];
-    if (r.size !== size) { this.stats.badAccesses++; return 0; }
+    if (r.size !== size) { this.badAccess('legacy register', off, size, false); return 0; }
     return r.read(this);
   }
 
@@ -477,9 +502,9 @@ export class VirtioPciDevice extends PciDevice {
     const cfg = virtioPciConfigOff(this.msix !== null && this.msix.enabled);
     if (off >= cfg) { this.deviceConfigWrite(off - cfg, size, value); return; }
     const i = LEGACY.byOff[off];
-    if (i < 0) { this.stats.badAccesses++; return; }
+    if (i < 0) { this.badAccess('legacy register', off, size, true); return; }
     const r = LEGACY.regs[i];
-    if (r.size !== size || !r.write) { this.stats.badAccesses++; return; }
+    if (r.size !== size || !r.write) { this.badAccess('legacy register', off, size, true); return; }
     r.write(this, value);
   }
 
@@ -487,13 +512,13 @@ export class VirtioPciDevice extends PciDevice {
   modernRead(off: number, size: number): number {
     if (off < MODERN_ISR_OFFSET) {
       const i = off < COMMON_CFG_SIZE ? COMMON.byOff[off] : -1;
-      if (i < 0) { this.stats.badAccesses++; return 0; }
+      if (i < 0) { this.badAccess('common config', off, size, false); return 0; }
       const r = COMMON.regs[i];
-      if (r.size !== size) { this.stats.badAccesses++; return 0; }
+      if (r.size !== size) { this.badAccess('common config', off, size, false); return 0; }
       return r.read(this);
     }
     if (off < MODERN_DEVICE_OFFSET) {
-      if (off !== MODERN_ISR_OFFSET) { this.stats.badAccesses++; return 0; }
+      if (off !== MODERN_ISR_OFFSET) { this.badAccess('ISR', off, size, false); return 0; }
       return this.irq.readAndClearIsr();
     }
     if (off < MODERN_NOTIFY_OFFSET) return this.deviceConfigRead(off - MODERN_DEVICE_OFFSET, size);
@@ -503,27 +528,27 @@ export class VirtioPciDevice extends PciDevice {
   modernWrite(off: number, size: number, value: number): void {
     if (off < MODERN_ISR_OFFSET) {
       const i = off < COMMON_CFG_SIZE ? COMMON.byOff[off] : -1;
-      if (i < 0) { this.stats.badAccesses++; return; }
+      if (i < 0) { this.badAccess('common config', off, size, true); return; }
       const r = COMMON.regs[i];
-      if (r.size !== size || !r.write) { this.stats.badAccesses++; return; }
+      if (r.size !== size || !r.write) { this.badAccess('common config', off, size, true); return; }
       r.write(this, value);
       return;
     }
-    if (off < MODERN_DEVICE_OFFSET) { this.stats.badAccesses++; return; }
+    if (off < MODERN_DEVICE_OFFSET) { this.badAccess('ISR', off, size, true); return; }
     if (off < MODERN_NOTIFY_OFFSET) { this.deviceConfigWrite(off - MODERN_DEVICE_OFFSET, size, value); return; }
     const n = off - MODERN_NOTIFY_OFFSET;
-    if (n % VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER !== 0) { this.stats.badAccesses++; return; }
+    if (n % VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER !== 0) { this.badAccess('notify region', off, size, true); return; }
     this.notify(n / VIRTIO_PCI_NOTIFY_OFF_MULTIPLIER);
   }
 
   // ---- device-specific configuration ----
   private deviceConfigRead(off: number, size: number): number {
-    if ((size !== 1 && size !== 2 && size !== 4) || off + size > this.device.configSize) { this.stats.badAccesses++; return 0; }
+    if ((size !== 1 && size !== 2 && size !== 4) || off + size > this.device.configSize) { this.badAccess('device config', off, size, false); return 0; }
     return this.device.readConfig(off, size);
   }
 
   private deviceConfigWrite(off: number, size: number, value: number): void {
-    if ((size !== 1 && size !== 2 && size !== 4) || off + size > this.device.configSize) { this.stats.badAccesses++; return; }
+    if ((size !== 1 && size !== 2 && size !== 4) || off + size > this.device.configSize) { this.badAccess('device config', off, size, true); return; }
     this.device.writeConfig(off, size, value);
   }
 }
