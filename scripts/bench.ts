@@ -1,93 +1,187 @@
-// npm run bench [-- PART... --runs N --json FILE]
-// Benchmarks, each figure a median with min–max over the runs. Parts:
-//   boot  the default guest from process start to its ready marker and to
-//         process exit, with the exit counts (kvm_pvm: the marker is the
-//         kernel's "Run /init", since guest user space cannot run there).
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// npm run bench [-- PART... --runs N --json FILE --svg FILE --quick]
+// tsvisor measured beside its references; every figure is a median with
+// min–max over the runs, and the reference runs alternate with tsvisor's.
+//   exits   exit round trip per kind against a C KVM_RUN loop (scripts/bench/exit-floor.c)
+//   tx, rx  the packet path against the TAP syscall floor (scripts/bench/tap-floor.c)
+//   qemu    the same guest programs under QEMU (installed with apt-get when missing)
+//   linux   the default Linux guest: boot, VMM share, ping, TCP (hardware KVM), memory
+// Default: all parts. --quick: tiny counts and one run, no QEMU or Linux (the test smoke).
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { cpus } from 'node:os';
 import { detectHostKind } from '../src/kvm/system.js';
-import { defaultGuestPaths, DEFAULT_GUEST_MISSING, GUEST_READY_MARKER } from '../src/guest/default-guest.js';
+import { ExitBench, EXIT_KINDS, type ExitFigures } from './bench/exits.js';
+import { PacketBench, FRAME_SIZES, type PathFigures } from './bench/packets.js';
+import { QemuBench, ensureQemu, type QemuFigures } from './bench/qemu.js';
+import { LinuxBench, type LinuxFigures } from './bench/linux.js';
+import { exitHistogramSvg } from './bench/svg.js';
+import { benchNet, Scratch } from './bench/procs.js';
+import { fmt, fmtRatio, ratio, Reasons, type Summary } from './bench/summary.js';
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
-const cli = join(root, 'bin/tsvisor.js');
+const PARTS = ['exits', 'tx', 'rx', 'qemu', 'linux'] as const;
+type Part = (typeof PARTS)[number];
 
-interface Summary { median: number; min: number; max: number; runs: number[] }
+class UsageError extends Error {}
 
-function summarize(xs: number[]): Summary {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return { median: s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2, min: s[0], max: s[s.length - 1], runs: xs };
-}
-
-function fmt(s: Summary, unit: string, digits = 1): string {
-  const u = unit ? ` ${unit}` : '';
-  return `${s.median.toFixed(digits)}${u} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
-}
-
-/** One boot in a child process: ms to the marker, ms to exit, and the exit statistics. */
-async function bootOnce(marker: RegExp): Promise<{ readyMs: number; exitMs: number; exits: number; status: number }> {
-  const dir = mkdtempSync(join(tmpdir(), 'tsvisor-bench-'));
-  const statsFile = join(dir, 'stats.json');
-  try {
-    const t0 = performance.now();
-    const child = spawn(process.execPath, [cli, 'run', '--append', 'console=ttyS0 panic=-1 tsvisor.cmd=dHJ1ZQ==', '--timeout', '600', '--stats-json', statsFile], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    let readyMs = NaN;
-    child.stdout.on('data', (b: Buffer) => {
-      out += b.toString('latin1');
-      if (Number.isNaN(readyMs) && marker.test(out)) readyMs = performance.now() - t0;
-    });
-    const status = await new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
-    const exitMs = performance.now() - t0;
-    const stats = JSON.parse(readFileSync(statsFile, 'utf8')) as { stats: { totalExits: number } };
-    return { readyMs, exitMs, exits: stats.stats.totalExits, status };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+function options() {
+  const { values, positionals } = parseArgs({
+    options: { runs: { type: 'string' }, json: { type: 'string' }, svg: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+  });
+  if (values.help) {
+    console.log('usage: npm run bench -- [exits|tx|rx|qemu|linux ...] [--runs N] [--json FILE] [--svg FILE] [--quick]');
+    process.exit(0);
   }
+  for (const p of positionals) if (!(PARTS as readonly string[]).includes(p)) throw new UsageError(`unknown part "${p}": choose from ${PARTS.join(', ')}`);
+  const quick = values.quick ?? false;
+  const parts = (positionals.length ? positionals : quick ? ['exits', 'tx', 'rx'] : [...PARTS]) as Part[];
+  const runs = values.runs === undefined ? (quick ? 1 : 5) : Number(values.runs);
+  if (!Number.isInteger(runs) || runs < 1) throw new UsageError(`--runs ${values.runs} is not a positive whole number: for example --runs 5`);
+  return { parts, runs, quick, json: values.json, svg: values.svg };
 }
 
-async function benchBoot(runs: number): Promise<Record<string, unknown>> {
-  if (!defaultGuestPaths()) throw new Error(DEFAULT_GUEST_MISSING);
-  const host = detectHostKind();
-  const marker = host === 'kvm_pvm' ? /Run \/init as init process/ : new RegExp(GUEST_READY_MARKER);
-  const ready: number[] = [];
-  const exit: number[] = [];
-  const exits: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const r = await bootOnce(marker);
-    process.stderr.write(`bench boot: run ${i + 1}/${runs}: ready ${(r.readyMs / 1000).toFixed(1)} s, exit ${(r.exitMs / 1000).toFixed(1)} s, ${r.exits} exits, status ${r.status}\n`);
-    ready.push(r.readyMs);
-    exit.push(r.exitMs);
-    exits.push(r.exits);
-  }
-  const s = { ready: summarize(ready.map((x) => x / 1000)), exit: summarize(exit.map((x) => x / 1000)), exits: summarize(exits) };
-  console.log(`\n## Boot of the default guest (${host}, ${runs} runs)\n`);
-  console.log('| figure | median (min–max) |');
-  console.log('| --- | --- |');
-  console.log(`| process start → ${host === 'kvm_pvm' ? '"Run /init"' : 'ready marker'} | ${fmt(s.ready, 's')} |`);
-  console.log(`| process start → process exit | ${fmt(s.exit, 's')} |`);
-  console.log(`| VM exits per boot | ${fmt(s.exits, '', 0)} |`);
-  return { host, boot_ready_s: s.ready, boot_exit_s: s.exit, boot_exits: s.exits };
-}
+const log = (s: string) => process.stderr.write(`bench: ${s}\n`);
+const med = (s: Summary | null) => s?.median ?? null;
+const row = (cells: string[]) => `| ${cells.join(' | ')} |`;
 
 async function main(): Promise<void> {
-  const { values, positionals } = parseArgs({ options: { runs: { type: 'string' }, json: { type: 'string' } }, allowPositionals: true });
-  const parts = positionals.length ? positionals : ['boot'];
-  const runs = values.runs ? Number(values.runs) : 3;
-  if (!Number.isInteger(runs) || runs < 1) throw new Error('--runs takes a positive whole number');
-  const result: Record<string, unknown> = {};
-  for (const part of parts) {
-    if (part === 'boot') result.boot = await benchBoot(runs);
-    else throw new Error(`unknown bench part "${part}" (have: boot)`);
+  const o = options();
+  const host = detectHostKind() === 'kvm_pvm' ? 'kvm_pvm' : 'hardware';
+  const reasons = new Reasons();
+  const json: Record<string, unknown> = { host, runs: o.runs, date: new Date().toISOString(), node: process.version, cpu: cpus()[0]?.model ?? 'unknown', cores: cpus().length };
+  const table: string[] = [row(['figure', 'tsvisor', 'reference', 'ratio', 'target']), row(['---', '---', '---', '---', '---'])];
+  const scratch = new Scratch();
+  const ns = benchNet();
+  const cleanup = () => { ns.delete(); scratch.remove(); };
+  process.once('SIGINT', () => { cleanup(); process.exit(130); });
+  process.once('SIGTERM', () => { cleanup(); process.exit(143); });
+  try {
+    const exitBench = new ExitBench(scratch, ns);
+    const exitN = o.quick ? 400 : 20_000;
+    const exitFigs: Partial<Record<string, ExitFigures>> = {};
+    if (o.parts.includes('exits')) {
+      const exit: Record<string, unknown> = {};
+      for (const kind of EXIT_KINDS) {
+        const f = await exitBench.measure(kind, exitN, o.runs, log);
+        exitFigs[kind] = f;
+        exit[kind] = {
+          tsvisor_ns: med(f.tsvisor.ns), c_ns: med(f.floor.ns), ratio: ratio(f.tsvisor.ns, f.floor.ns),
+          guest_cycles: med(f.tsvisor.cycles), c_guest_cycles: med(f.floor.cycles), cycles_ratio: ratio(f.tsvisor.cycles, f.floor.cycles),
+          ...(f.ioeventfd ? { ioeventfd_ns: med(f.ioeventfd.ns), ioeventfd_guest_cycles: med(f.ioeventfd.cycles) } : {}),
+          detail: f,
+        };
+        const ref = kind === 'notify' ? 'C loop, 16-bit MMIO write' : 'C loop';
+        table.push(row([`exit ${kind}, ns per exit`, fmt(f.tsvisor.ns, 0), `${fmt(f.floor.ns, 0)} (${ref})`, fmtRatio(ratio(f.tsvisor.ns, f.floor.ns)), '≤ 1.10×']));
+        table.push(row([`exit ${kind}, guest cycles per exit`, fmt(f.tsvisor.cycles, 0), fmt(f.floor.cycles, 0), fmtRatio(ratio(f.tsvisor.cycles, f.floor.cycles)), '≤ 1.10×']));
+        if (f.ioeventfd) table.push(row(['notify with --ioeventfd, ns per notify', fmt(f.ioeventfd.ns, 0), `${fmt(f.tsvisor.ns, 0)} (exit path)`, fmtRatio(ratio(f.ioeventfd.ns, f.tsvisor.ns)), '—']));
+      }
+      json.exit = exit;
+    }
+    // Guest figures in TSC cycles become time at KVM's TSC rate, which the floor reads.
+    if (exitBench.tscKhz === null && o.parts.some((p) => p !== 'exits' && p !== 'linux')) await exitBench.measure('pio_out', 64, 1, () => {});
+    const tscKhz = exitBench.tscKhz ?? 0;
+    if (!tscKhz && o.parts.some((p) => p !== 'exits' && p !== 'linux')) throw new Error('the TSC frequency is unknown (KVM_GET_TSC_KHZ failed in exit-floor)');
+    json.tsc_khz = tscKhz || null;
+
+    let rssUnderLoad: number | null = null;
+    for (const dir of ['tx', 'rx'] as const) {
+      if (!o.parts.includes(dir)) continue;
+      const pb = new PacketBench(scratch, ns, tscKhz);
+      const out: Record<string, unknown> = {};
+      for (const size of FRAME_SIZES) {
+        const count = o.quick ? 64 : size === 65536 ? 2000 : 20_000;
+        let f: PathFigures;
+        try {
+          f = dir === 'tx' ? await pb.tx(size, count, o.runs, log) : await pb.rx(size, count, o.runs, log);
+        } catch (e) {
+          out[size] = { [`tsvisor_pps`]: null, floor_pps: null, ratio: null };
+          reasons.add(`${dir}.${size}`, (e as Error).message);
+          log(`${dir} ${size}: not measured: ${(e as Error).message}`);
+          continue;
+        }
+        out[size] = {
+          tsvisor_pps: med(f.tsvisorPps), floor_pps: med(f.floorPps), ratio: ratio(f.tsvisorPps, f.floorPps),
+          tsvisor_gbps: med(f.tsvisorGbps), floor_gbps: med(f.floorGbps),
+          cpu_us_per_frame: med(f.cpuUsPerFrame), floor_cpu_us_per_frame: med(f.floorCpuUsPerFrame), cpu_ratio: ratio(f.cpuUsPerFrame, f.floorCpuUsPerFrame), detail: f,
+        };
+        table.push(row([`${dir.toUpperCase()} ${size} B frames/s`, fmt(f.tsvisorPps, 0), `${fmt(f.floorPps, 0)} (TAP ${dir === 'tx' ? 'writev' : 'read'} loop)`, fmtRatio(ratio(f.tsvisorPps, f.floorPps)), '≥ 0.8×']));
+        table.push(row([`${dir.toUpperCase()} ${size} B Gbit/s`, fmt(f.tsvisorGbps, 3), fmt(f.floorGbps, 3), '', '']));
+        table.push(row([`${dir.toUpperCase()} ${size} B host CPU µs per frame`, fmt(f.cpuUsPerFrame, 2), `${fmt(f.floorCpuUsPerFrame, 2)} (floor)`, fmtRatio(ratio(f.cpuUsPerFrame, f.floorCpuUsPerFrame)), '']));
+      }
+      json[dir] = out;
+      if (dir === 'rx') rssUnderLoad = pb.rssUnderLoad;
+    }
+
+    if (o.parts.includes('qemu')) {
+      const why = ensureQemu(log);
+      let q: QemuFigures | null = null;
+      if (why) reasons.add('qemu', why);
+      else {
+        try {
+          q = await new QemuBench(scratch, ns, tscKhz).measure(o.runs, o.quick ? 10 : 200, o.quick ? 64 : 20_000, o.quick ? 400 : 20_000, log);
+        } catch (e) {
+          reasons.add('qemu', (e as Error).message);
+        }
+      }
+      json.qemu = {
+        ping_rtt: { tsvisor: med(q?.pingRttUs.tsvisor ?? null), qemu: med(q?.pingRttUs.qemu ?? null), ratio: ratio(q?.pingRttUs.tsvisor ?? null, q?.pingRttUs.qemu ?? null), unit: 'µs' },
+        tx_pps: { tsvisor: med(q?.txPps.tsvisor ?? null), qemu: med(q?.txPps.qemu ?? null), ratio: ratio(q?.txPps.tsvisor ?? null, q?.txPps.qemu ?? null) },
+        notify_cycles: { tsvisor: med(q?.notifyCycles.tsvisor ?? null), qemu: med(q?.notifyCycles.qemu ?? null), ratio: ratio(q?.notifyCycles.tsvisor ?? null, q?.notifyCycles.qemu ?? null) },
+        detail: q,
+      };
+      table.push(row(['firmware ping RTT, µs', fmt(q?.pingRttUs.tsvisor ?? null, 1), `${fmt(q?.pingRttUs.qemu ?? null, 1)} (QEMU)`, fmtRatio(ratio(q?.pingRttUs.tsvisor ?? null, q?.pingRttUs.qemu ?? null)), '≤ 1.0×']));
+      table.push(row(['firmware tx-burst 64 B frames/s', fmt(q?.txPps.tsvisor ?? null, 0), `${fmt(q?.txPps.qemu ?? null, 0)} (QEMU)`, fmtRatio(ratio(q?.txPps.tsvisor ?? null, q?.txPps.qemu ?? null)), '≥ 1.0×']));
+      table.push(row(['queue-notify write, guest cycles', fmt(q?.notifyCycles.tsvisor ?? null, 0), `${fmt(q?.notifyCycles.qemu ?? null, 0)} (QEMU)`, fmtRatio(ratio(q?.notifyCycles.tsvisor ?? null, q?.notifyCycles.qemu ?? null)), '—']));
+    }
+
+    let rssAfterBoot: number | null = null;
+    if (o.parts.includes('linux')) {
+      const missing = LinuxBench.missing();
+      let l: LinuxFigures | null = null;
+      if (missing) reasons.add('linux', missing);
+      else l = await new LinuxBench(scratch, ns, host, host === 'hardware' && ensureQemu(log) === null).measure(o.runs, log);
+      if (host === 'kvm_pvm') reasons.add('linux.tcp_mbps', 'guest user space cannot make system calls on kvm_pvm, so no TCP sender runs in the guest');
+      if (host === 'kvm_pvm') reasons.add('linux.qemu_boot_ms', 'QEMU cannot boot Linux on kvm_pvm: it stops at the first instruction its emulator lacks');
+      else if (!l?.qemuBootMs) reasons.add('linux.qemu_boot_ms', 'QEMU is not available');
+      json.linux = {
+        boot_ms: med(l?.bootMs ?? null), exits: med(l?.exits ?? null), vmm_share: med(l?.vmmShare ?? null),
+        ping_rtt_us: med(l?.pingRttUs ?? null), tcp_mbps: med(l?.tcpMbps ?? null), qemu_boot_ms: med(l?.qemuBootMs ?? null), detail: l,
+      };
+      rssAfterBoot = med(l?.rssAfterBootMib ?? null);
+      const marker = host === 'kvm_pvm' ? '"Run /init"' : 'ready marker';
+      table.push(row([`Linux boot to ${marker}, s`, fmt(l?.bootMs ? scale(l.bootMs, 1 / 1000) : null, 1), l?.qemuBootMs ? `${fmt(scale(l.qemuBootMs, 1 / 1000), 1)} (QEMU)` : '', fmtRatio(ratio(l?.bootMs ?? null, l?.qemuBootMs ?? null)), '']));
+      table.push(row(['Linux boot, VM exits', fmt(l?.exits ?? null, 0), '', '', '']));
+      table.push(row(['Linux boot, tsvisor share of wall time', l?.vmmShare ? fmt(scale(l.vmmShare, 100), 2) + ' %' : '—', '', '', '< 2 %']));
+      table.push(row(['Linux host → guest ping RTT, µs', fmt(l?.pingRttUs ?? null, 0), '', '', '']));
+      table.push(row(['Linux guest → host TCP, Mbit/s', fmt(l?.tcpMbps ?? null, 0), '', '', '']));
+    }
+    json.rss_mib = { after_boot: rssAfterBoot, under_load: rssUnderLoad };
+    if (rssAfterBoot === null) reasons.add('rss_mib.after_boot', o.parts.includes('linux') ? 'no Linux boot measured' : 'the linux part was not run');
+    if (rssUnderLoad === null) reasons.add('rss_mib.under_load', o.parts.includes('rx') ? 'not sampled' : 'the rx part was not run');
+    table.push(row(['tsvisor RSS beyond guest RAM, MiB (after boot / under RX load)', `${rssAfterBoot?.toFixed(1) ?? '—'} / ${rssUnderLoad?.toFixed(1) ?? '—'}`, '', '', '']));
+    json.reasons = reasons.map;
+
+    console.log(`\n## tsvisor benchmarks (${host}, ${o.runs} run${o.runs > 1 ? 's' : ''}, median (min–max))\n`);
+    console.log(table.join('\n'));
+    if (Object.keys(reasons.map).length) {
+      console.log('\nNot measured:');
+      for (const [k, v] of Object.entries(reasons.map)) console.log(`- ${k}: ${v}`);
+    }
+    if (o.json) writeFileSync(o.json, JSON.stringify(json, null, 2) + '\n');
+    if (o.svg) {
+      const series = EXIT_KINDS.filter((k) => exitFigs[k]).map((k) => ({ kind: k, tsvisor: exitFigs[k]!.tsvisor.hist, floor: exitFigs[k]!.floor.hist }));
+      writeFileSync(o.svg, exitHistogramSvg(series, tscKhz, `VM exit round trip per kind (${host}): tsvisor vs a C KVM_RUN loop`));
+    }
+  } finally {
+    cleanup();
   }
-  if (values.json) writeFileSync(values.json, JSON.stringify(result, null, 2));
+}
+
+function scale(s: Summary, k: number): Summary {
+  return { median: s.median * k, min: s.min * k, max: s.max * k, runs: s.runs.map((x) => x * k) };
 }
 
 main().catch((e) => {
   console.error(`bench: ${(e as Error).message}`);
-  process.exit(1);
+  process.exit(e instanceof UsageError ? 2 : 1);
 });

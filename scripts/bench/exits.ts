@@ -1,0 +1,109 @@
+// Exit round trip: the `exits` guest program makes N exits of one kind and
+// times them with rdtsc. tsvisor runs it through its real dispatch path; the
+// floor is scripts/bench/exit-floor.c, a C loop around KVM_RUN that does the
+// least a VMM can do per exit, on the same image, with the same machine.
+// Both are timed two ways: guest TSC cycles per exit (the program's own
+// figure) and host nanoseconds per exit (wall time of the run, less the same
+// program's run with a handful of exits, divided by the extra exits).
+import { NetNamespace } from '../../src/net/netns.js';
+import { firmware, readStats, start, lastLine, TAP, tsvisorArgv, type Scratch } from './procs.js';
+import { summarize, type Summary } from './summary.js';
+
+export const EXIT_KINDS = ['pio_out', 'pio_in', 'mmio_write', 'mmio_read', 'notify'] as const;
+export type ExitKind = (typeof EXIT_KINDS)[number];
+
+export interface Histogram { overhead: number; buckets: Array<[number, number]>; p50: number; p90: number; p99: number; max: number }
+
+interface OneRun { cyclesPerExit: number; hostNs: number; exits: number; hist: Histogram | null }
+
+export interface ExitFigures {
+  tsvisor: { cycles: Summary | null; ns: Summary | null; hist: Histogram | null };
+  floor: { cycles: Summary | null; ns: Summary | null; hist: Histogram | null };
+  /** notify only: the same writes bound to an eventfd inside KVM (--ioeventfd). */
+  ioeventfd?: { cycles: Summary | null; ns: Summary | null };
+}
+
+const RESULT_RE = /exits kind=\S+ n=(\d+) cycles_per_exit=(\d+) cycles=(\d+)/;
+const HIST_RE = /exits hist kind=\S+ n=\d+ overhead=(\d+) p50=(\d+) p90=(\d+) p99=(\d+) max=(\d+) buckets=(\S*)/;
+
+function parseHist(out: string): Histogram | null {
+  const m = HIST_RE.exec(out);
+  if (!m) return null;
+  const buckets = m[6].split(',').filter(Boolean).map((b) => b.split(':').map(Number) as [number, number]);
+  return { overhead: +m[1], p50: +m[2], p90: +m[3], p99: +m[4], max: +m[5], buckets };
+}
+
+/** The program's arguments for one kind; the floor has no virtio device, so its notify is a 16-bit MMIO write. */
+function programArgs(kind: ExitKind, n: number, floor: boolean, hist: boolean): string {
+  const h = hist ? ' hist=1' : '';
+  if (kind === 'notify' && floor) return `kind=mmio_write width=2 n=${n}${h}`;
+  return `kind=${kind} n=${n}${h}`;
+}
+
+export class ExitBench {
+  tscKhz: number | null = null;
+  private readonly floorBin: string;
+
+  constructor(private readonly scratch: Scratch, private readonly ns: NetNamespace) {
+    this.floorBin = scratch.compile('exit-floor');
+  }
+
+  /** One run under the C floor: guest cycles per exit, and the wall time of its KVM_RUN loop. */
+  private async floor(kind: ExitKind, n: number, hist: boolean): Promise<OneRun> {
+    const r = await start([this.floorBin, firmware('exits'), programArgs(kind, n, true, hist), '64'], { timeoutMs: 120_000 }).done;
+    const m = RESULT_RE.exec(r.stdout);
+    const f = /exit-floor: exits=(\d+) run_ns=(\d+) tsc_khz=(-?\d+)/.exec(r.stderr);
+    if (!m || !f) throw new Error(`exit-floor ${kind}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
+    if (+f[3] > 0) this.tscKhz = +f[3];
+    return { cyclesPerExit: +m[2], hostNs: +f[2], exits: +f[1], hist: parseHist(r.stdout) };
+  }
+
+  /** One run under tsvisor (notify: with a NIC on the bench namespace's TAP). */
+  private async tsvisor(kind: ExitKind, n: number, hist: boolean, ioeventfd = false): Promise<OneRun> {
+    const stats = this.scratch.file('exits.json');
+    const net = kind === 'notify' ? ['--net', `tap:${TAP}`, ...(ioeventfd ? ['--ioeventfd'] : [])] : [];
+    const r = await start(tsvisorArgv(firmware('exits'), programArgs(kind, n, false, hist), stats, net), { ns: kind === 'notify' ? this.ns : undefined, timeoutMs: 120_000 }).done;
+    const m = RESULT_RE.exec(r.stdout);
+    if (!m) throw new Error(`tsvisor exits ${kind}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
+    const s = readStats(stats).stats;
+    return { cyclesPerExit: +m[2], hostNs: s.runMs * 1e6, exits: s.totalExits, hist: parseHist(r.stdout) };
+  }
+
+  /** Host ns per exit: (wall(n) − wall(base)) / (exits(n) − exits(base)). */
+  private static perExit(run: OneRun, base: OneRun): number {
+    const extra = run.exits - base.exits;
+    return extra > 0 ? (run.hostNs - base.hostNs) / extra : NaN;
+  }
+
+  async measure(kind: ExitKind, n: number, runs: number, log: (s: string) => void): Promise<ExitFigures> {
+    const BASE_N = 8;
+    const tBase = await this.tsvisor(kind, BASE_N, false);
+    const fBase = await this.floor(kind, BASE_N, false);
+    const t: OneRun[] = [];
+    const f: OneRun[] = [];
+    // Alternate tsvisor and the floor run by run, so drift hits both alike.
+    for (let i = 0; i < runs; i++) {
+      t.push(await this.tsvisor(kind, n, false));
+      f.push(await this.floor(kind, n, false));
+      log(`exits ${kind} run ${i + 1}/${runs}: tsvisor ${t[i].cyclesPerExit} cycles, floor ${f[i].cyclesPerExit} cycles`);
+    }
+    // The distribution comes from a run of its own: timing each exit alone adds work the means must not see.
+    const tHist = (await this.tsvisor(kind, n, true)).hist;
+    const fHist = (await this.floor(kind, n, true)).hist;
+    const fig: ExitFigures = {
+      tsvisor: { cycles: summarize(t.map((r) => r.cyclesPerExit)), ns: summarize(t.map((r) => ExitBench.perExit(r, tBase))), hist: tHist },
+      floor: { cycles: summarize(f.map((r) => r.cyclesPerExit)), ns: summarize(f.map((r) => ExitBench.perExit(r, fBase))), hist: fHist },
+    };
+    if (kind === 'notify') {
+      const iBase = await this.tsvisor(kind, BASE_N, false, true);
+      const io: OneRun[] = [];
+      for (let i = 0; i < runs; i++) io.push(await this.tsvisor(kind, n, false, true));
+      // With ioeventfd most notifies never leave KVM: ns per *notify*, not per exit.
+      fig.ioeventfd = {
+        cycles: summarize(io.map((r) => r.cyclesPerExit)),
+        ns: summarize(io.map((r) => (r.hostNs - iBase.hostNs) / (n - BASE_N))),
+      };
+    }
+    return fig;
+  }
+}
