@@ -26,6 +26,8 @@ export interface PathFigures {
 const gso = (size: FrameSize) => (size === 65536 ? ['gso'] : []);
 const guestOffload = (size: FrameSize) => (size === 65536 ? ' tso=1' : '');
 const gbps = (pps: number, size: number) => (pps * size * 8) / 1e9;
+/** µs per frame from a CPU-time difference; none when the run was too short for 10 ms clock ticks to see it. */
+const perFrame = (ms: number, frames: number) => (ms > 0 && frames > 0 ? (ms * 1000) / frames : NaN);
 
 export class PacketBench {
   private readonly floorBin: string;
@@ -110,7 +112,7 @@ export class PacketBench {
       floorPps: summarize(f.map((r) => r.pps)),
       tsvisorGbps: summarize(t.map((r) => gbps(r.pps, size))),
       floorGbps: summarize(f.map((r) => gbps(r.pps, size))),
-      cpuUsPerFrame: summarize(t.map((r) => ((r.vmmMs - base.vmmMs) * 1000) / (count - 16))),
+      cpuUsPerFrame: summarize(t.map((r) => perFrame(r.vmmMs - base.vmmMs, count - 16))),
       floorCpuUsPerFrame: summarize(f.map((r) => r.cpuUs)),
     };
   }
@@ -129,7 +131,7 @@ export class PacketBench {
       floorPps: summarize(f.map((r) => r.pps)),
       tsvisorGbps: summarize(t.map((r) => gbps(r.pps, size))),
       floorGbps: summarize(f.map((r) => gbps(r.pps, size))),
-      cpuUsPerFrame: summarize(t.map((r) => ((r.vmmMs - base.vmmMs) * 1000) / Math.max(1, r.frames - base.frames))),
+      cpuUsPerFrame: summarize(t.map((r) => perFrame(r.vmmMs - base.vmmMs, r.frames - base.frames))),
       floorCpuUsPerFrame: summarize(f.map((r) => r.cpuUs)),
     };
   }
