@@ -10,6 +10,8 @@ export interface NativeAddon {
   installKickHandler(): number;
   kickThread(tid: number): number;
   currentThreadId(): number;
+  /** KVM_RUN on a vCPU fd: 0, or -errno. */
+  kvmRun(vcpuFd: number): number;
 }
 
 const root = fileURLToPath(new URL('../..', import.meta.url));

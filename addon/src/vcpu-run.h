@@ -1,0 +1,4 @@
+#pragma once
+#include <napi.h>
+
+Napi::Object InitVcpuRun(Napi::Env env, Napi::Object exports);
