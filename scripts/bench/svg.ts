@@ -12,7 +12,7 @@ const PAD = { left: 60, right: 20, top: 28, bottom: 30 };
 
 function points(h: Histogram, tscKhz: number): Array<[number, number]> {
   const total = h.buckets.reduce((a, [, c]) => a + c, 0) || 1;
-  return h.buckets.map(([lo, c]) => [Math.max(lo - h.overhead, 1) / tscKhz * 1000, c / total]);
+  return h.buckets.map(([lo, c]) => [(Math.max(lo - h.overhead, 1) / tscKhz) * 1e6, c / total]);
 }
 
 function esc(s: string): string {
@@ -42,7 +42,7 @@ export function exitHistogramSvg(series: HistSeries[], tscKhz: number, title: st
     out.push(`<line x1="${PAD.left}" y1="${bottom}" x2="${W - PAD.right}" y2="${bottom}" stroke="#888"/>`);
     for (let d = xMin; d <= xMax; d *= 10) {
       out.push(`<line x1="${x(d).toFixed(1)}" y1="${bottom}" x2="${x(d).toFixed(1)}" y2="${bottom + 4}" stroke="#888"/>`);
-      out.push(`<text x="${x(d).toFixed(1)}" y="${bottom + 15}" text-anchor="middle">${d >= 1000 ? `${d / 1000} µs` : `${d} ns`}</text>`);
+      out.push(`<text x="${x(d).toFixed(1)}" y="${bottom + 15}" text-anchor="middle">${d >= 1e6 ? `${d / 1e6} ms` : d >= 1000 ? `${d / 1000} µs` : `${d} ns`}</text>`);
     }
     out.push(`<text x="${PAD.left - 6}" y="${y(yMax) + 4}" text-anchor="end">${(yMax * 100).toFixed(0)} %</text>`);
     for (const [h, color, name] of [[s.floor, '#999', 'C floor'], [s.tsvisor, '#1f6fd0', 'tsvisor']] as const) {
@@ -50,7 +50,7 @@ export function exitHistogramSvg(series: HistSeries[], tscKhz: number, title: st
       const p = points(h, tscKhz);
       const path = p.map(([px, f], k) => `${k ? 'L' : 'M'}${x(px).toFixed(1)},${y(f).toFixed(1)}`).join(' ');
       out.push(`<path d="${path}" fill="none" stroke="${color}" stroke-width="1.8"/>`);
-      const p50 = Math.max(h.p50 - h.overhead, 1) / tscKhz * 1000;
+      const p50 = (Math.max(h.p50 - h.overhead, 1) / tscKhz) * 1e6;
       out.push(`<text x="${W - PAD.right}" y="${top + (name === 'tsvisor' ? 8 : 22)}" text-anchor="end" fill="${color}">${name}: median ${(p50 / 1000).toFixed(2)} µs</text>`);
     }
   });
