@@ -6,55 +6,7 @@ import { loadLinux, parseLinuxKernel } from '../src/boot/linux.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { TsvisorError } from '../src/errors.js';
 import { BOOT_PARAMS_ADDR, CMDLINE_ADDR, MiB, PML4_ADDR, e820Map, GiB } from '../src/boot/layout.js';
-import { gzipSync } from 'node:zlib';
-
-/** A minimal ELF64 x86-64 image with one PT_LOAD segment at `paddr`. */
-function elf64(paddr: number, body: Uint8Array, memsz = body.length, entry = paddr): Uint8Array {
-  const out = new Uint8Array(0x78 + body.length);
-  const dv = new DataView(out.buffer);
-  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
-  dv.setUint16(16, 2, true); // ET_EXEC
-  dv.setUint16(18, 62, true); // EM_X86_64
-  dv.setUint32(20, 1, true);
-  dv.setBigUint64(24, BigInt(entry), true);
-  dv.setBigUint64(32, 0x40n, true); // phoff
-  dv.setUint16(52, 64, true);
-  dv.setUint16(54, 56, true);
-  dv.setUint16(56, 1, true);
-  const ph = 0x40;
-  dv.setUint32(ph, 1, true); // PT_LOAD
-  dv.setBigUint64(ph + 8, 0x78n, true);
-  dv.setBigUint64(ph + 16, BigInt(paddr), true);
-  dv.setBigUint64(ph + 24, BigInt(paddr), true);
-  dv.setBigUint64(ph + 32, BigInt(body.length), true);
-  dv.setBigUint64(ph + 40, BigInt(memsz), true);
-  out.set(body, 0x78);
-  return out;
-}
-
-/** A bzImage-shaped file: setup sectors with a header, then a gzip payload holding `vmlinux`. */
-function bzImage(vmlinux: Uint8Array, opts: { version?: number; loadflags?: number; cmdlineSize?: number; truncate?: number } = {}): Uint8Array {
-  const payload = gzipSync(vmlinux);
-  const setupSects = 4;
-  const kernelOffset = (setupSects + 1) * 512;
-  const file = new Uint8Array(kernelOffset + 0x100 + payload.length);
-  const dv = new DataView(file.buffer);
-  dv.setUint8(HDR.setup_sects, setupSects);
-  dv.setUint16(HDR.boot_flag, 0xaa55, true);
-  file[HDR.jump] = 0xeb;
-  file[HDR.jump + 1] = 0x66;
-  dv.setUint32(HDR.header, HDRS_MAGIC, true);
-  dv.setUint16(HDR.version, opts.version ?? 0x020f, true);
-  dv.setUint8(HDR.loadflags, opts.loadflags ?? 1);
-  dv.setUint32(HDR.initrd_addr_max, 0x7fffffff, true);
-  dv.setUint32(HDR.kernel_alignment, 0x200000, true);
-  dv.setUint32(HDR.cmdline_size, opts.cmdlineSize ?? 2047, true);
-  dv.setUint32(HDR.payload_offset, 0x100, true);
-  dv.setUint32(HDR.payload_length, payload.length, true);
-  dv.setUint32(HDR.init_size, 0x400000, true);
-  file.set(payload, kernelOffset + 0x100);
-  return opts.truncate ? file.subarray(0, opts.truncate) : file;
-}
+import { bzImage, elf64 } from './helpers/kernel-images.js';
 
 const kernelBody = new Uint8Array(4096).map((_, i) => (i * 7) & 0xff);
 

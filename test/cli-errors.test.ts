@@ -8,11 +8,10 @@ import { execFile, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, statSync, writeFileSync, ftruncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
-import { HDR, HDRS_MAGIC } from '../src/boot/setup-header.js';
 import { NetNamespace } from '../src/net/netns.js';
 import { Tap } from '../src/net/tap.js';
 import { defaultGuestPaths } from '../src/guest/default-guest.js';
+import { bzImage, elf64 } from './helpers/kernel-images.js';
 import { kvmTest, firmwareImage, firmwareMissing, repoRoot } from './helpers/kvm.js';
 import { netMissing } from './helpers/netns.js';
 
@@ -31,52 +30,6 @@ function noise(length: number, seed = 1): Uint8Array {
     out[i] = x >>> 24;
   }
   return out;
-}
-
-/** An ELF64 x86-64 vmlinux with one PT_LOAD segment at `paddr`. */
-function elf64(paddr: number, body: Uint8Array, memsz = body.length): Uint8Array {
-  const out = new Uint8Array(0x78 + body.length);
-  const dv = new DataView(out.buffer);
-  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
-  dv.setUint16(16, 2, true); // ET_EXEC
-  dv.setUint16(18, 62, true); // EM_X86_64
-  dv.setUint32(20, 1, true);
-  dv.setBigUint64(24, BigInt(paddr), true);
-  dv.setBigUint64(32, 0x40n, true);
-  dv.setUint16(52, 64, true);
-  dv.setUint16(54, 56, true);
-  dv.setUint16(56, 1, true);
-  dv.setUint32(0x40, 1, true); // PT_LOAD
-  dv.setBigUint64(0x48, 0x78n, true);
-  dv.setBigUint64(0x50, BigInt(paddr), true);
-  dv.setBigUint64(0x58, BigInt(paddr), true);
-  dv.setBigUint64(0x60, BigInt(body.length), true);
-  dv.setBigUint64(0x68, BigInt(memsz), true);
-  out.set(body, 0x78);
-  return out;
-}
-
-/** A bzImage: four setup sectors with a setup header, then a gzip payload holding `vmlinux`. */
-function bzImage(vmlinux: Uint8Array, opts: { version?: number; cmdlineSize?: number; initrdAddrMax?: number } = {}): Uint8Array {
-  const payload = gzipSync(vmlinux);
-  const kernelOffset = 5 * 512;
-  const file = new Uint8Array(kernelOffset + payload.length);
-  const dv = new DataView(file.buffer);
-  dv.setUint8(HDR.setup_sects, 4);
-  dv.setUint16(HDR.boot_flag, 0xaa55, true);
-  file[HDR.jump] = 0xeb;
-  file[HDR.jump + 1] = 0x66;
-  dv.setUint32(HDR.header, HDRS_MAGIC, true);
-  dv.setUint16(HDR.version, opts.version ?? 0x020f, true);
-  dv.setUint8(HDR.loadflags, 1);
-  dv.setUint32(HDR.initrd_addr_max, opts.initrdAddrMax ?? 0x7fffffff, true);
-  dv.setUint32(HDR.kernel_alignment, 0x200000, true);
-  dv.setUint32(HDR.cmdline_size, opts.cmdlineSize ?? 2047, true);
-  dv.setUint32(HDR.payload_offset, 0, true);
-  dv.setUint32(HDR.payload_length, payload.length, true);
-  dv.setUint32(HDR.init_size, 4 * MiB, true);
-  file.set(payload, kernelOffset);
-  return file;
 }
 
 /** A multiboot image (a.out kludge, loaded at 1 MiB) whose code is `cli; hlt`: were it ever run, it would end at once. */
