@@ -24,10 +24,16 @@ type Part = (typeof PARTS)[number];
 class UsageError extends Error {}
 
 function options() {
-  const { values, positionals } = parseArgs({
-    options: { runs: { type: 'string' }, json: { type: 'string' }, svg: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
-    allowPositionals: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      options: { runs: { type: 'string' }, json: { type: 'string' }, svg: { type: 'string' }, quick: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+    });
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.split('.')[0]} (see npm run bench -- --help)`);
+  }
+  const { values, positionals } = parsed;
   if (values.help) {
     console.log('usage: npm run bench -- [exits|tx|rx|qemu|linux ...] [--runs N] [--json FILE] [--svg FILE] [--quick]');
     process.exit(0);
