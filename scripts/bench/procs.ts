@@ -3,7 +3,7 @@
 // network namespace with a TAP in it for everything that sends frames. The
 // namespace holds the TAP and nothing else, and is deleted at the end.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -161,4 +161,28 @@ export function pidOf(s: Spawned): number {
 /** The TAP's MAC as the namespace sees it (tx-burst gets it as host_mac=, so it sends no ARP request). */
 export function tapMac(ns: NetNamespace): string {
   return ns.must(['cat', `/sys/class/net/${TAP}/address`]).trim();
+}
+
+/**
+ * tsvisor's own CPU time so far in process `pid`, ms: the process's user +
+ * system time less its vCPU thread's (named vcpu0) system and guest time,
+ * which are KVM's and the guest's. As --stats computes it at the end of a run.
+ */
+export function vmmCpuMsNow(pid: number): number | null {
+  const fields = (path: string) => {
+    const t = readFileSync(path, 'latin1');
+    return t.slice(t.lastIndexOf(')') + 2).split(' ').map(Number);
+  };
+  try {
+    const p = fields(`/proc/${pid}/stat`);
+    let vcpu: number[] | null = null;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === 'vcpu0') vcpu = fields(`/proc/${pid}/task/${tid}/stat`);
+    }
+    if (!vcpu) return null;
+    // stat(5): utime 14, stime 15, guest_time 43; index 0 here is field 3. Ticks of 10 ms.
+    return (p[11] + p[12] - vcpu[12] - vcpu[40]) * 10;
+  } catch {
+    return null;
+  }
 }
