@@ -2,7 +2,7 @@
 // The tsvisor command. The TypeScript sources are built into dist/ by
 // `npm install` (prepare) or `npm run build`.
 import { existsSync } from 'node:fs';
-const cli = new URL('../dist/src/cli.js', import.meta.url);
+const cli = new URL('../dist/bundle/cli.js', import.meta.url);
 if (!existsSync(cli)) {
   console.error('tsvisor: not built yet (run npm install or npm run build)');
   process.exit(1);

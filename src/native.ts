@@ -1,7 +1,8 @@
 // The native addon (addon/), typed. Built by `npm install` (node-gyp).
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { TsvisorError } from './errors.js';
 import type { FdWatchClass } from './loop/addon.js';
 
@@ -14,7 +15,13 @@ export interface NativeAddon {
   kvmRun(vcpuFd: number): number;
 }
 
-const root = fileURLToPath(new URL('../..', import.meta.url));
+/** The package root: the nearest directory above this module holding addon/ (dist/src/ or a dist/bundle/ file). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'addon', 'binding.gyp')) && dirname(dir) !== dir) dir = dirname(dir);
+  return dir;
+}
+const root = packageRoot();
 let cached: NativeAddon | undefined;
 
 export function native(): NativeAddon {
