@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import * as libc from './sys/libc.js';
 import { native } from './native.js';
+import { vmmCpuMs } from './util/thread-cpu.js';
 import { TsvisorError } from './errors.js';
 import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
 import { KvmVm } from './kvm/vm.js';
@@ -165,7 +166,7 @@ export class Vm {
           const c = m.stats.cpu;
           c.processUserMs = user / 1000;
           c.processSysMs = system / 1000;
-          c.vmmMs = Math.max(0, c.processUserMs + c.processSysMs - c.vcpu.sysMs - c.vcpu.guestMs);
+          c.vmmMs = vmmCpuMs(c.processUserMs, c.processSysMs, c.vcpu);
         }
         this.release();
         resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats, net });

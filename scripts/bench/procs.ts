@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { NetNamespace } from '../../src/net/netns.js';
 import { SANDBOX_HOST_IP, SANDBOX_PREFIX } from '../../src/net/net-option.js';
 import type { ExitStats } from '../../src/vcpu/protocol.js';
+import { procCpu, vmmCpuMs } from '../../src/util/thread-cpu.js';
 
 export const root = fileURLToPath(new URL('../../..', import.meta.url));
 export const tsvisorCli = join(root, 'bin/tsvisor.js');
@@ -163,25 +164,14 @@ export function tapMac(ns: NetNamespace): string {
   return ns.must(['cat', `/sys/class/net/${TAP}/address`]).trim();
 }
 
-/**
- * tsvisor's own CPU time so far in process `pid`, ms: the process's user +
- * system time less its vCPU thread's (named vcpu0) system and guest time,
- * which are KVM's and the guest's. As --stats computes it at the end of a run.
- */
+/** tsvisor's own CPU time so far in process `pid`, ms, as --stats computes it at the end of a run (the vCPU thread is named vcpu0). */
 export function vmmCpuMsNow(pid: number): number | null {
-  const fields = (path: string) => {
-    const t = readFileSync(path, 'latin1');
-    return t.slice(t.lastIndexOf(')') + 2).split(' ').map(Number);
-  };
   try {
-    const p = fields(`/proc/${pid}/stat`);
-    let vcpu: number[] | null = null;
+    const p = procCpu(`/proc/${pid}/stat`);
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === 'vcpu0') vcpu = fields(`/proc/${pid}/task/${tid}/stat`);
+      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === 'vcpu0') return vmmCpuMs(p.userMs, p.sysMs, procCpu(`/proc/${pid}/task/${tid}/stat`));
     }
-    if (!vcpu) return null;
-    // stat(5): utime 14, stime 15, guest_time 43; index 0 here is field 3. Ticks of 10 ms.
-    return (p[11] + p[12] - vcpu[12] - vcpu[40]) * 10;
+    return null;
   } catch {
     return null;
   }

@@ -14,17 +14,26 @@ export interface ThreadCpu {
   guestMs: number;
 }
 
-/** Fields of /proc/.../stat after the command name, which may itself hold spaces and parentheses. */
-function statFields(path: string): string[] {
-  const text = readFileSync(path, 'latin1');
-  return text.slice(text.lastIndexOf(')') + 2).split(' ');
-}
-
-/** CPU time of the calling thread (`/proc/thread-self/stat`), or of `tid` in this process. */
-export function threadCpu(tid?: number): ThreadCpu {
-  const f = statFields(tid === undefined ? '/proc/thread-self/stat' : `/proc/self/task/${tid}/stat`);
+/**
+ * CPU time from a procfs stat file: a process (`/proc/PID/stat`, its threads
+ * summed, ended ones included) or a thread (`/proc/PID/task/TID/stat`).
+ */
+export function procCpu(statPath: string): ThreadCpu {
+  const text = readFileSync(statPath, 'latin1');
+  // The command name may hold spaces and parentheses; the fields follow its last ')'.
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
   // stat(5): utime is field 14, stime 15, guest_time 43; f[0] is field 3.
   return { userMs: Number(f[11]) * MS_PER_TICK, sysMs: Number(f[12]) * MS_PER_TICK, guestMs: Number(f[40]) * MS_PER_TICK };
+}
+
+/** CPU time of the calling thread. */
+export function threadCpu(): ThreadCpu {
+  return procCpu('/proc/thread-self/stat');
+}
+
+/** tsvisor's own CPU time: the process's user + system time less the vCPU thread's system (KVM) and guest time. */
+export function vmmCpuMs(processUserMs: number, processSysMs: number, vcpu: ThreadCpu): number {
+  return Math.max(0, processUserMs + processSysMs - vcpu.sysMs - vcpu.guestMs);
 }
 
 /** Names the calling thread (shown by top -H, ps -L, perf). Best effort: at most 15 bytes. */
