@@ -13,14 +13,10 @@ import { Tap, TUNSETIFF, TUNGETFEATURES, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETS
 import { TsvisorError } from '../src/errors.js';
 import { NetNamespace } from '../src/net/netns.js';
 import { NativeBuffer, EAGAIN } from '../src/sys/libc.js';
-import { MainLoop, DoorbellRinger } from '../src/loop/main-loop.js';
-import { createTransportState, TransportState, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
-import { VirtioNet } from '../src/devices/net/virtio-net.js';
-import { VirtioNetVcpu } from '../src/devices/net/virtio-net-vcpu.js';
-import { VirtioNetConfig, netQueueSizes } from '../src/devices/net/virtio-net-config.js';
-import { featureSet, offeredFeatures, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX } from '../src/devices/net/virtio-net-features.js';
-import { VringDriver } from './helpers/vring-driver.js';
-import { CountingIrq, nativeGuestMemory, until } from './helpers/net-fakes.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
+import { offeredFeatures, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX } from '../src/devices/net/virtio-net-features.js';
+import { netRig } from './helpers/net-rig.js';
+import { until } from './helpers/net-fakes.js';
 
 test('ioctl numbers match <linux/if_tun.h>', (t) => {
   t.is(TUNSETIFF, 0x400454ca);
@@ -170,33 +166,10 @@ tapTest('a frame sent from the namespace side (ping → ARP request) is read by 
 tapTest('virtio-net over the real TAP: guest TX ARP request → device → namespace → ARP reply → device RX into guest buffers', async (t) => {
   const tap = opened[0];
   if (!tap) return t.fail('no TAP (previous test failed)');
-  const { mem, free } = nativeGuestMemory(4 << 20);
-  const features = featureSet(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX);
   t.true((offeredFeatures({ backendOffloads: tap.supportedOffloads }) / 2 ** 15) % 2 >= 1);
-  const sizes = netQueueSizes({});
-  const ts = new TransportState(createTransportState({ numQueues: 3, queueMaxSizes: sizes, msixVectors: 0, deviceFeatures: BigInt(features), intxGsi: -1 }));
-  const drivers = [new VringDriver(mem, sizes[0], 0x10000), new VringDriver(mem, sizes[1], 0x20000), new VringDriver(mem, 64, 0x30000)];
-  drivers.forEach((d, i) => {
-    d.eventIdxMode = true;
-    ts.setQueueSize(i, d.size);
-    ts.setQueueAddrs(i, d.desc, d.avail, d.used);
-    ts.setQueueEnabled(i, true);
-  });
-  ts.setDriverFeaturesWord(0, features % 2 ** 32);
-  ts.setDriverFeaturesWord(1, Math.floor(features / 2 ** 32));
-  const loop = new MainLoop();
-  const irq = new CountingIrq();
-  const cfg = VirtioNetConfig.create(Uint8Array.from(GUEST_MAC));
-  const net = new VirtioNet(loop, mem, tap, ts, cfg, irq, {});
-  const d = net.doorbells;
-  const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(features), doorbellFds: { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd } }, {
-    rx: new DoorbellRinger(d.rx.fd), tx: new DoorbellRinger(d.tx.fd), ctrl: new DoorbellRinger(d.ctrl.fd), control: new DoorbellRinger(d.control.fd),
-  });
-  vcpu.attach(ts);
-  t.teardown(() => {
-    net.close();
-    loop.close();
-    free();
+  // The TAP belongs to the earlier tests (opened[]): the rig must not close it.
+  const { mem, net, vcpu, ts, irq, rx, tx } = netRig(t, tap, {
+    features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_RING_F_EVENT_IDX], mac: GUEST_MAC, activate: false, closeBackend: false,
   });
   // Drain what the namespace sent before (earlier tests' ARP traffic).
   await readUntil(tap, 12, () => false, 200);
@@ -204,7 +177,6 @@ tapTest('virtio-net over the real TAP: guest TX ARP request → device → names
   vcpu.onStatusChange(0, ts.status);
   await until(() => net.isActive);
   t.is(tap.kernelVnetHdrLen(), 12);
-  const [rx, tx] = drivers;
   for (let i = 0; i < 16; i++) rx.addChain([{ gpa: 0x200000 + i * 0x1000, len: 2048, write: true }]);
   rx.kick();
   vcpu.onQueueNotify(0);

@@ -1,0 +1,79 @@
+// One virtio-net device over fake guest memory, as the tests drive it: the
+// transport state with three rings a VringDriver plays the guest side of,
+// the main-thread device (VirtioNet) on a backend, and its vCPU side
+// (VirtioNetVcpu) ringing the device's doorbells. Torn down with the test.
+import type { ExecutionContext } from 'ava';
+import { MainLoop, DoorbellRinger } from '../../src/loop/main-loop.js';
+import { createTransportState, TransportState, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../../src/devices/virtio/transport-state.js';
+import { VirtioNet, type VirtioNetOptions } from '../../src/devices/net/virtio-net.js';
+import { VirtioNetVcpu } from '../../src/devices/net/virtio-net-vcpu.js';
+import { VirtioNetConfig, netQueueSizes } from '../../src/devices/net/virtio-net-config.js';
+import { featureSet, hasFeature, vnetHeaderSize, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX } from '../../src/devices/net/virtio-net-features.js';
+import type { NetBackend } from '../../src/net/tap.js';
+import { VringDriver } from './vring-driver.js';
+import { CountingIrq, nativeGuestMemory } from './net-fakes.js';
+
+export interface NetRig<B extends NetBackend> {
+  loop: MainLoop;
+  net: VirtioNet;
+  vcpu: VirtioNetVcpu;
+  backend: B;
+  irq: CountingIrq;
+  ts: TransportState;
+  rx: VringDriver;
+  tx: VringDriver;
+  ctrl: VringDriver;
+  /** The virtio-net header size the features give. */
+  hdr: number;
+  mem: ReturnType<typeof nativeGuestMemory>['mem'];
+}
+
+export interface NetRigOptions {
+  /** Negotiated features (default VERSION_1, MAC, STATUS). */
+  features?: number[];
+  net?: VirtioNetOptions;
+  mac?: number[];
+  /** Set DRIVER_OK and start the data path at once (default true). */
+  activate?: boolean;
+  /** Close the backend in teardown (default true). */
+  closeBackend?: boolean;
+}
+
+export function netRig<B extends NetBackend>(t: ExecutionContext, backend: B, o: NetRigOptions = {}): NetRig<B> {
+  const { mem, free } = nativeGuestMemory(8 << 20);
+  const features = featureSet(...(o.features ?? [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS]));
+  const sizes = netQueueSizes(o.net ?? {});
+  const ts = new TransportState(createTransportState({ numQueues: 3, queueMaxSizes: sizes, msixVectors: 0, deviceFeatures: BigInt(features), intxGsi: -1 }));
+  const rx = new VringDriver(mem, sizes[0], 0x10000);
+  const tx = new VringDriver(mem, sizes[1], 0x20000);
+  const ctrl = new VringDriver(mem, 64, 0x30000);
+  const eventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
+  [rx, tx, ctrl].forEach((d, i) => {
+    d.eventIdxMode = eventIdx;
+    ts.setQueueSize(i, d.size);
+    ts.setQueueAddrs(i, d.desc, d.avail, d.used);
+    ts.setQueueEnabled(i, true);
+  });
+  ts.setDriverFeaturesWord(0, features % 2 ** 32);
+  ts.setDriverFeaturesWord(1, Math.floor(features / 2 ** 32));
+  const loop = new MainLoop();
+  const irq = new CountingIrq();
+  const cfg = VirtioNetConfig.create(Uint8Array.from(o.mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
+  const net = new VirtioNet(loop, mem, backend, ts, cfg, irq, o.net);
+  const d = net.doorbells;
+  const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(features), doorbellFds: { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd } }, {
+    rx: new DoorbellRinger(d.rx.fd), tx: new DoorbellRinger(d.tx.fd), ctrl: new DoorbellRinger(d.ctrl.fd), control: new DoorbellRinger(d.control.fd),
+  });
+  vcpu.attach(ts);
+  t.teardown(() => {
+    net.close();
+    loop.close();
+    if (o.closeBackend ?? true) backend.close();
+    free();
+  });
+  if (o.activate ?? true) {
+    ts.status = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK;
+    net.controlRun();
+  }
+  return { loop, net, vcpu, backend, irq, ts, rx, tx, ctrl, hdr: vnetHeaderSize(features), mem };
+}
