@@ -9,6 +9,7 @@ import { defaultGuestPaths, guestCommandArg, idleInitArgs, GUEST_READY_MARKER, D
 import { sandboxIpParam, SANDBOX_GUEST_IP, SANDBOX_HOST_IP } from '../../src/net/net-option.js';
 import { readStats, start, TAP, tsvisorCli, rssBeyondGuest, pidOf, vmmCpuMsNow, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
+import { qemuArgv } from './qemu.js';
 
 const MEM_MIB = 256;
 const TCP_PORT = 7001;
@@ -76,9 +77,7 @@ export class LinuxBench {
   /** QEMU booting the same guest (bzImage, as QEMU loads it) to the ready marker, ms. */
   private async qemuOnce(): Promise<number> {
     const g = defaultGuestPaths()!;
-    const q = start(['qemu-system-x86_64', '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-m', String(MEM_MIB), '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
-      '-kernel', g.bzImage, '-initrd', g.initrd, '-append', `console=ttyS0 panic=-1 ${sandboxIpParam()} ${guestCommandArg('true')}`,
-      '-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', 'virtio-net-pci,netdev=n0'], { ns: this.ns, timeoutMs: 600_000 });
+    const q = start(qemuArgv(g.bzImage, `console=ttyS0 panic=-1 ${sandboxIpParam()} ${guestCommandArg('true')}`, { memMiB: MEM_MIB, initrd: g.initrd }), { ns: this.ns, timeoutMs: 600_000 });
     const ms = await q.waitFor(new RegExp(GUEST_READY_MARKER));
     // Without ACPI in the guest kernel its power-off halts the CPU, which QEMU does not treat as an end.
     q.child.kill('SIGTERM');

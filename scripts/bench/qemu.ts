@@ -23,10 +23,11 @@ export function ensureQemu(log: (s: string) => void): string | null {
 export type NotifyPath = 'exit' | 'ioeventfd';
 type Vmm = 'tsvisor' | 'qemu';
 
-function qemuArgv(image: string, append: string, path: NotifyPath): string[] {
-  return [QEMU, '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-m', '64', '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
-    '-kernel', image, '-append', append, '-device', 'isa-debug-exit,iobase=0xf4,iosize=1',
-    '-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', `virtio-net-pci,netdev=n0,ioeventfd=${path === 'ioeventfd' ? 'on' : 'off'}`];
+/** QEMU with KVM and a virtio-net-pci on the bench TAP (userspace backend, as tsvisor's), booting `kernel`. */
+export function qemuArgv(kernel: string, append: string, o: { path?: NotifyPath; memMiB?: number; initrd?: string } = {}): string[] {
+  return [QEMU, '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-m', String(o.memMiB ?? 64), '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
+    '-kernel', kernel, ...(o.initrd ? ['-initrd', o.initrd] : []), '-append', append, '-device', 'isa-debug-exit,iobase=0xf4,iosize=1',
+    '-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', `virtio-net-pci,netdev=n0,ioeventfd=${o.path === 'exit' ? 'off' : 'on'}`];
 }
 
 export interface PairFigures { tsvisor: Summary | null; qemu: Summary | null }
@@ -48,7 +49,7 @@ export class QemuBench {
   }
 
   private async run(vmm: Vmm, path: NotifyPath, image: string, append: string, re: RegExp): Promise<RegExpExecArray> {
-    const argv = vmm === 'qemu' ? qemuArgv(image, append, path) : tsvisorArgv(image, append, this.scratch.file('q.json'), ['--net', `tap:${TAP}`, ...(path === 'ioeventfd' ? ['--ioeventfd'] : [])]);
+    const argv = vmm === 'qemu' ? qemuArgv(image, append, { path }) : tsvisorArgv(image, append, this.scratch.file('q.json'), ['--net', `tap:${TAP}`, ...(path === 'ioeventfd' ? ['--ioeventfd'] : [])]);
     const r = await start(argv, { ns: this.ns, timeoutMs: 120_000 }).done;
     const m = re.exec(r.stdout);
     if (!m) throw new Error(`${vmm} (${path}) ${image.split('/').pop()}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
