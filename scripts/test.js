@@ -1,0 +1,75 @@
+// `npm test` after the build: makes sure the guests the tests boot exist, then
+// runs ava where KVM is. With a usable /dev/kvm every test runs here. Without
+// one (or with --lane hw), the tests that need KVM run in the hardware-KVM
+// lane (scripts/nested-kvm.sh: kvm_amd inside a QEMU TCG VM) and the rest here.
+//
+// Usage: node scripts/test.js [--lane auto|host|hw] [test files...]
+//   files: dist/test/NAME.test.js or test/NAME.test.ts (default: all)
+import { spawnSync } from 'node:child_process';
+import { accessSync, constants, readdirSync, readFileSync } from 'node:fs';
+import { join, basename } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+process.chdir(root);
+const say = (m) => process.stderr.write(`test: ${m}\n`);
+
+let lane = 'auto';
+const files = [];
+const argv = process.argv.slice(2);
+for (let i = 0; i < argv.length; i++) {
+  if (argv[i] === '--lane') lane = argv[++i];
+  else if (argv[i].startsWith('--lane=')) lane = argv[i].slice(7);
+  else files.push(argv[i].replace(/^test\/(.*)\.ts$/, 'dist/test/$1.js'));
+}
+if (!['auto', 'host', 'hw'].includes(lane)) {
+  say(`--lane ${lane} is not one of auto, host, hw`);
+  process.exit(2);
+}
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit' });
+  if (r.error) {
+    say(`cannot run ${cmd}: ${r.error.message}`);
+    return 1;
+  }
+  return r.status ?? 1;
+}
+
+// The guests: built once and cached (the kernel build takes minutes the first time).
+for (const script of ['guest/build.sh', 'guest/debian-kernel.sh']) {
+  const r = spawnSync('bash', [script], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status !== 0) {
+    say(`${script} failed: the tests that boot Linux will say so`);
+  }
+}
+
+const all = readdirSync('dist/test').filter((f) => f.endsWith('.test.js')).map((f) => join('dist/test', f));
+const chosen = files.length ? files : all;
+// A test file needs KVM when it uses the KVM test helpers.
+const needsKvm = (f) => readFileSync(f, 'utf8').includes('helpers/kvm.js') && !basename(f).startsWith('api.');
+
+function kvmUsable() {
+  try {
+    accessSync(process.env.TSVISOR_KVM_DEVICE || '/dev/kvm', constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const ava = join(root, 'node_modules/ava/entrypoints/cli.mjs');
+if (lane === 'host' || (lane === 'auto' && kvmUsable())) {
+  process.exit(run(process.execPath, [ava, ...chosen]));
+}
+const inLane = chosen.filter(needsKvm);
+const here = chosen.filter((f) => !inLane.includes(f));
+if (lane === 'auto') say(`no usable /dev/kvm here: ${inLane.length} test files run in the hardware-KVM lane (scripts/nested-kvm.sh), ${here.length} here`);
+let status = 0;
+if (here.length) status = run(process.execPath, [ava, ...here]) || status;
+if (inLane.length) {
+  const laneStatus = run('bash', ['scripts/nested-kvm.sh', '--', 'node', ava, ...inLane]);
+  if (laneStatus !== 0) say(`the hardware-KVM lane ended with status ${laneStatus}`);
+  status = laneStatus || status;
+}
+process.exit(status);
