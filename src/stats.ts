@@ -1,6 +1,6 @@
 // Rendering a run's exit statistics (--stats) and RIP samples (--profile).
 import { readFileSync } from 'node:fs';
-import type { ExitStats } from './vcpu/protocol.js';
+import type { ExitStats, SyscallStats } from './vcpu/protocol.js';
 
 function table(title: string, rows: Record<string, number>): string {
   const entries = Object.entries(rows).sort((a, b) => b[1] - a[1]);
@@ -16,8 +16,16 @@ export function formatStats(s: ExitStats): string {
     table('MMIO exits by region:', s.mmioByRegion),
     table('instructions completed by tsvisor:', s.fixups),
     `unclaimed accesses: ${s.unclaimedPio} port, ${s.unclaimedMmio} MMIO\n`,
+    s.syscalls ? syscallLine(s.syscalls) : '',
     s.cpu ? `CPU: tsvisor ${s.cpu.vmmMs.toFixed(0)} ms; vCPU thread ${s.cpu.vcpu.userMs} ms user (${s.cpu.vcpu.guestMs} ms of it guest), ${s.cpu.vcpu.sysMs} ms system (KVM)\n` : '',
   ].join('');
+}
+
+/** SYSCALL completion (kvm_pvm) in one line: counts, and tsvisor's mean time for each. */
+function syscallLine(c: SyscallStats): string {
+  const each = (ns: number | undefined) => (ns === undefined ? '' : ` (${(ns / 1000).toFixed(1)} µs each)`);
+  return `syscalls completed by tsvisor: ${c.completed}${each(c.vmmNsPerCompletion)}; #PF stepped: ${c.faultsStepped}${each(c.vmmNsPerStep)}; ` +
+    `guest #DB re-injected: ${c.debugReinjected}; #PF handler changes: ${c.handlerChanges}${c.handler ? `; breakpoint last on ${c.handler}` : ''}\n`;
 }
 
 /** The NIC's counters (VirtioNet.snapshot()), one per line, drops broken out. */

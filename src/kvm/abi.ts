@@ -46,6 +46,7 @@ export const KVM_GET_VCPU_EVENTS = IOR(0x9f, 64);
 export const KVM_SET_VCPU_EVENTS = IOW(0xa0, 64);
 export const KVM_GET_TSC_KHZ = IO(0xa3);
 export const KVM_GET_MP_STATE = IOR(0x98, 4);
+export const KVM_SET_GUEST_DEBUG = IOW(0x9b, 72);
 export const KVM_MP_STATE_HALTED = 3;
 export const X86_EFLAGS_IF = 1 << 9;
 
@@ -114,6 +115,11 @@ export const RUN = {
   emulation_insn_bytes: 49,
   fail_entry_reason: 32,
   system_event_type: 32,
+  // struct kvm_debug_exit_arch { u32 exception; u32 pad; u64 pc; u64 dr6; u64 dr7; }
+  debug_exception: 32,
+  debug_pc: 40,
+  debug_dr6: 48,
+  debug_dr7: 56,
 } as const;
 
 /** struct kvm_regs: 18 u64 in this order. */
@@ -132,6 +138,17 @@ export const SREG = {
   gdt: 192, idt: 208, // struct kvm_dtable { u64 base; u16 limit; u16 padding[3]; }
   cr0: 224, cr2: 232, cr3: 240, cr4: 248, cr8: 256, efer: 264, apic_base: 272,
 } as const;
+
+/** struct kvm_msrs: u32 nmsrs, u32 pad, then struct kvm_msr_entry { u32 index; u32 reserved; u64 data; } each. */
+export const MSRS_HEADER_SIZE = 8;
+export const MSR_ENTRY_SIZE = 16;
+
+/** struct kvm_guest_debug: u32 control, u32 pad, then struct kvm_guest_debug_arch { u64 debugreg[8]; }. */
+export const GUEST_DEBUG_SIZE = 72;
+export const GUEST_DEBUG = { control: 0, debugreg: 8 } as const;
+export const KVM_GUESTDBG_ENABLE = 0x1;
+export const KVM_GUESTDBG_SINGLESTEP = 0x2;
+export const KVM_GUESTDBG_USE_HW_BP = 0x20000;
 
 /** struct kvm_vcpu_events (64 bytes): the exception part. */
 export const EVENTS_SIZE = 64;

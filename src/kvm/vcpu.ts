@@ -40,6 +40,7 @@ export class Vcpu {
   private readonly regsBuf = new libc.NativeBuffer(abi.REGS_SIZE);
   private readonly sregsBuf = new libc.NativeBuffer(abi.SREGS_SIZE);
   private readonly eventsBuf = new libc.NativeBuffer(abi.EVENTS_SIZE);
+  private readonly debugBuf = new libc.NativeBuffer(abi.GUEST_DEBUG_SIZE);
   private readonly big = new libc.NativeBuffer(8 + 256 * CPUID_ENTRY_SIZE);
 
   constructor(readonly fd: number, mmapSize: number, runAddress?: bigint) {
@@ -130,16 +131,45 @@ export class Vcpu {
 
   /** Writes MSRs; returns how many the host accepted (KVM stops at the first refusal). */
   setMsrs(msrs: Array<{ index: number; value: bigint }>): number {
-    const b = this.big;
-    b.clear();
-    b.dv.setUint32(0, msrs.length, true);
-    msrs.forEach((m, i) => {
-      b.dv.setUint32(8 + i * 16, m.index, true);
-      b.dv.setBigUint64(8 + i * 16 + 8, m.value, true);
-    });
+    const b = this.msrList(msrs.map((m) => m.index));
+    msrs.forEach((m, i) => b.dv.setBigUint64(abi.MSRS_HEADER_SIZE + i * abi.MSR_ENTRY_SIZE + 8, m.value, true));
     const r = libc.ioctl(this.fd, abi.KVM_SET_MSRS, b.address);
     if (r < 0) throw new libc.SyscallError('KVM_SET_MSRS', libc.errno());
     return r;
+  }
+
+  /** Reads MSRs; returns the values KVM read, in order (fewer than asked when it refused one: KVM stops there). */
+  getMsrs(indices: number[]): bigint[] {
+    const b = this.msrList(indices);
+    const r = libc.ioctl(this.fd, abi.KVM_GET_MSRS, b.address);
+    if (r < 0) throw new libc.SyscallError('KVM_GET_MSRS', libc.errno());
+    const out: bigint[] = [];
+    for (let i = 0; i < r && i < indices.length; i++) out.push(b.dv.getBigUint64(abi.MSRS_HEADER_SIZE + i * abi.MSR_ENTRY_SIZE + 8, true));
+    return out;
+  }
+
+  /** A struct kvm_msrs naming `indices`, data zero, in the shared buffer. */
+  private msrList(indices: number[]): libc.NativeBuffer {
+    const b = this.big;
+    const used = abi.MSRS_HEADER_SIZE + indices.length * abi.MSR_ENTRY_SIZE;
+    if (used > b.size) throw new RangeError(`${indices.length} MSRs do not fit one KVM_GET/SET_MSRS buffer`);
+    b.bytes.fill(0, 0, used);
+    b.dv.setUint32(0, indices.length, true);
+    indices.forEach((index, i) => b.dv.setUint32(abi.MSRS_HEADER_SIZE + i * abi.MSR_ENTRY_SIZE, index, true));
+    return b;
+  }
+
+  /**
+   * KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* bits, `debugregs` DR0–DR7
+   * as KVM applies them with KVM_GUESTDBG_USE_HW_BP (null: all zero).
+   */
+  setGuestDebug(control: number, debugregs: bigint[] | null): void {
+    if (debugregs && debugregs.length > 8) throw new RangeError('kvm_guest_debug holds 8 debug registers');
+    const b = this.debugBuf;
+    b.clear();
+    b.dv.setUint32(abi.GUEST_DEBUG.control, control >>> 0, true);
+    debugregs?.forEach((v, i) => b.dv.setBigUint64(abi.GUEST_DEBUG.debugreg + i * 8, BigInt.asUintN(64, v), true));
+    this.call('KVM_SET_GUEST_DEBUG', abi.KVM_SET_GUEST_DEBUG, b.address);
   }
 
   /** LAPIC LVT LINT0 as ExtINT (the PIC's output) and LINT1 as NMI, as a PC's BIOS leaves them. */

@@ -17,6 +17,11 @@ export interface VcpuWorkerData {
   hostKind: HostKind;
   /** PCI devices the worker puts on bus 0 next to the host bridge (their register exits run on the vCPU thread). */
   devices?: VcpuDeviceSpec[];
+  /**
+   * Complete the guest's SYSCALLs in userspace (src/vcpu/syscall-completion.ts):
+   * needed on kvm_pvm, which leaves them half done; tests may force it on hardware KVM.
+   */
+  syscallCompletion?: boolean;
 }
 
 // Control words (Int32Array over `control`).
@@ -37,7 +42,12 @@ export type ExitKind =
   | 'internal-error'   // another KVM internal error, or a failed entry
   | 'stopped'          // the VMM stopped the guest (vm.stop(), a signal)
   | 'timeout'          // --timeout passed
-  | 'error';           // a failure inside tsvisor
+  | 'error'            // a failure inside tsvisor
+  // Only when the guest runs a command (BootOptions.command, src/guest/command.ts):
+  | 'command'          // the command finished; `code` is its exit status
+  | 'panic'            // the guest kernel panicked
+  | 'no-init'          // the guest ended before its init ran
+  | 'no-status';       // the guest ended after init started, without the command's status
 
 import type { ThreadCpu } from '../util/thread-cpu.js';
 
@@ -58,6 +68,20 @@ export interface ExitStats {
    * own share is process user + system − vCPU system − vCPU guest.
    */
   cpu?: { vcpu: ThreadCpu; processUserMs: number; processSysMs: number; vmmMs: number };
+  /** SYSCALL completion's work, when it was on. */
+  syscalls?: SyscallStats;
+}
+
+/** What SYSCALL completion did in a run: counts, and tsvisor's mean time per completion and per #PF step. */
+export interface SyscallStats {
+  completed: number;
+  faultsStepped: number;
+  debugReinjected: number;
+  handlerChanges: number;
+  /** The guest #PF handler the breakpoint was last on (hex), if any. */
+  handler?: string;
+  vmmNsPerCompletion?: number;
+  vmmNsPerStep?: number;
 }
 
 export interface VcpuExitMessage {
@@ -67,6 +91,25 @@ export interface VcpuExitMessage {
   message: string;
   stats: ExitStats;
 }
+
+/**
+ * Statuses of a command run (src/guest/command.ts) that did not end with the
+ * command's own status: above the ones commands use by convention (0-125,
+ * 126/127 from the shell, 128+N for a signal), so a test harness can tell a
+ * failed test from a guest that never ran it.
+ */
+export const COMMAND_EXIT = {
+  /** The guest kernel panicked. */
+  panic: 242,
+  /** The guest never reached init (the kernel stopped, rebooted or hung first). */
+  noInit: 243,
+  /** --timeout passed before the command finished. */
+  timeout: 244,
+  /** tsvisor or KVM could not go on (triple fault, an instruction neither completes, an internal error). */
+  failure: 245,
+  /** The guest ended after init started without the command's status (the command rebooted it, or it was stopped). */
+  noStatus: 246,
+} as const;
 
 export function exitStatusOf(kind: ExitKind, code = 0): number {
   switch (kind) {
@@ -86,5 +129,13 @@ export function exitStatusOf(kind: ExitKind, code = 0): number {
       return 124;
     case 'error':
       return 1;
+    case 'command':
+      return code & 0xff;
+    case 'panic':
+      return COMMAND_EXIT.panic;
+    case 'no-init':
+      return COMMAND_EXIT.noInit;
+    case 'no-status':
+      return COMMAND_EXIT.noStatus;
   }
 }

@@ -1,5 +1,6 @@
 // The vCPU run loop: KVM_RUN, then dispatch the exit — port I/O and MMIO to
-// the bus, emulation failures to the fix-ups, the rest to the end of the run.
+// the bus, emulation failures to the fix-ups, debug exits to SYSCALL
+// completion (kvm_pvm), the rest to the end of the run.
 // This is the exit path whose latency the product measures: it allocates
 // nothing per exit and reads exit fields straight from the mmap'd kvm_run.
 import * as abi from '../kvm/abi.js';
@@ -9,6 +10,7 @@ import type { MmioBus, PioBus } from '../bus/io-bus.js';
 import { EINTR, EAGAIN } from '../sys/libc.js';
 import { completeInstruction, hex } from './fixups.js';
 import { readLinear } from './page-walk.js';
+import type { SyscallCompletion } from './syscall-completion.js';
 import type { ExitKind, ExitStats } from './protocol.js';
 
 export interface RunEnd {
@@ -37,6 +39,8 @@ export class RunLoop {
     private readonly stopWord: number,
     private readonly sampleWord: number,
     private readonly checkHaltWord: number,
+    /** Present when this vCPU completes the SYSCALLs kvm_pvm leaves half done. */
+    private readonly syscalls: SyscallCompletion | null = null,
   ) {
     this.run = vcpu.run;
     this.runBytes = vcpu.runBytes;
@@ -51,6 +55,7 @@ export class RunLoop {
     this.startedAt = performance.now();
     const run = this.run;
     const counts = this.exitCounts;
+    this.syscalls?.arm();
     while (this.end === null) {
       const r = this.vcpu.enter();
       if (r < 0) {
@@ -58,7 +63,11 @@ export class RunLoop {
           run.setUint8(abi.RUN.immediate_exit, 0);
           if (Atomics.load(this.control, this.sampleWord)) this.sample();
           if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
-          if (Atomics.load(this.control, this.checkHaltWord)) this.checkHalt();
+          if (Atomics.load(this.control, this.checkHaltWord)) {
+            // The same periodic kick keeps the #PF breakpoint on the guest's current handler.
+            this.syscalls?.recheck();
+            this.checkHalt();
+          }
           continue;
         }
         return { kind: 'error', message: `KVM_RUN failed: errno ${-r}` };
@@ -74,6 +83,9 @@ export class RunLoop {
           break;
         case abi.KVM_EXIT_INTERNAL_ERROR:
           this.handleInternalError();
+          break;
+        case abi.KVM_EXIT_DEBUG:
+          this.handleDebug();
           break;
         case abi.KVM_EXIT_SHUTDOWN:
           this.finish({ kind: 'triple-fault', message: `the guest triple-faulted (KVM_EXIT_SHUTDOWN) at ${this.where()}` });
@@ -200,6 +212,15 @@ export class RunLoop {
     this.fixupCounts.set(result.done, (this.fixupCounts.get(result.done) ?? 0) + 1);
   }
 
+  /** A breakpoint or step of SYSCALL completion, or the guest's own #DB; not a hot path, so BigInts are fine. */
+  private handleDebug(): void {
+    if (!this.syscalls) {
+      this.finish({ kind: 'internal-error', message: `unexpected KVM_EXIT_DEBUG (tsvisor set no guest debugging) at ${this.where()}` });
+      return;
+    }
+    this.syscalls.onDebugExit(this.run.getBigUint64(abi.RUN.debug_pc, true), this.run.getBigUint64(abi.RUN.debug_dr6, true));
+  }
+
   /**
    * A vCPU halted with interrupts disabled can never run again (no NMI source
    * here): that is how Linux without ACPI ends `poweroff -f` and `halt`. The
@@ -252,6 +273,7 @@ export class RunLoop {
       unclaimedPio: this.unclaimedPio, unclaimedMmio: this.unclaimedMmio,
       totalExits: total, runMs: performance.now() - this.startedAt,
       ripSamples: this.ripSamples.size ? ripSamples : undefined,
+      syscalls: this.syscalls?.stats(),
     };
   }
 }

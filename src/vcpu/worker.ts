@@ -12,6 +12,7 @@ import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
+import { SyscallCompletion } from './syscall-completion.js';
 import { nameThread, threadCpu } from '../util/thread-cpu.js';
 import { createPciDevices } from '../devices/virtio/vcpu-devices.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
@@ -49,7 +50,8 @@ pio.register(new Sink('post'), 0x80, 1);
 // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
 createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm, vm });
 
-loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT);
+const syscalls = data.syscallCompletion ? new SyscallCompletion(vcpu, mem) : null;
+loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT, syscalls);
 Atomics.store(control, CONTROL_RUNNING, 1);
 let message: VcpuExitMessage;
 try {
