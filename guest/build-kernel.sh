@@ -7,10 +7,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 tarball=/usr/src/linux-source-6.1.tar.xz
-if [ ! -r "$tarball" ]; then
-  echo "build-kernel: $tarball is missing; install it with: apt-get install linux-source-6.1 flex bison bc libelf-dev libssl-dev" >&2
-  exit 1
-fi
+# shellcheck source=guest/packages.sh
+. "$here/packages.sh"
+need linux-source-6.1:$tarball make:make gcc:gcc bc:bc flex:flex bison:bison xz-utils:xz \
+  libelf-dev:/usr/include/gelf.h libssl-dev:/usr/include/openssl/ssl.h
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$tarball")
 key=$(cat "$here/kernel.config" "$0" | sha256sum | cut -c1-12)
 cache=${TSVISOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tsvisor}
@@ -43,8 +43,9 @@ while IFS= read -r line; do
 done < "$here/kernel.config"
 [ "$missing" = 0 ] || exit 1
 jobs=$(nproc)
-echo "build-kernel: compiling with $jobs jobs (about 5-10 minutes on 2 cores); progress every 200 files" >&2
-make -j"$jobs" bzImage 2>&1 | awk '/^  (CC|LD|AR|AS)/ { n++; if (n % 200 == 0) { printf "build-kernel: %d objects\n", n > "/dev/stderr" } } / error:|\*\*\*/ { print > "/dev/stderr" }'
+# About 1 900 build steps for this config: progress as a percentage of that.
+echo "build-kernel: compiling with $jobs jobs (about 5-10 minutes on 2 cores the first time)" >&2
+make -j"$jobs" bzImage 2>&1 | awk '/^  [A-Z]/ { n++; if (n % 100 == 0) { p = int(n * 100 / 1900); if (p > 99) p = 99; printf "build-kernel: %d%% (%d steps)\n", p, n > "/dev/stderr" } } / error:|\*\*\*/ { print > "/dev/stderr" }'
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "build-kernel: make failed in $work" >&2; exit 1; }
 tmp="$out.tmp.$$"
 mkdir -p "$tmp"

@@ -7,9 +7,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
+# shellcheck source=guest/packages.sh
+. "$here/packages.sh"
 busybox=${BUSYBOX:-/bin/busybox}
-if [ ! -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
-  echo "guest: $busybox is missing or not static; install it with: apt-get install busybox-static" >&2
+[ -n "${BUSYBOX:-}" ] || need busybox-static:/bin/busybox file:file
+if ! file -L "$busybox" 2>/dev/null | grep -q 'statically linked'; then
+  echo "guest: $busybox is not statically linked; install busybox-static (sudo apt-get install busybox-static)" >&2
   exit 1
 fi
 kernel=$(bash "$here/build-kernel.sh")
@@ -19,9 +22,7 @@ if [ ! -f "$root/dist/scripts/build-initramfs.js" ]; then
   (cd "$root" && node scripts/build.js --no-check)
 fi
 mkdir -p "$out"
-# The syscall-free init for kvm_pvm (guest/idle.c), freestanding, no libc.
-gcc -static -nostdlib -O2 -fno-stack-protector -fno-pie -no-pie -s -o "$out/tsvisor-idle" "$here/idle.c"
-node "$root/dist/scripts/build-initramfs.js" --busybox "$busybox" --init "$here/init" --idle "$out/tsvisor-idle" --out "$out/initramfs.cpio"
+node "$root/dist/scripts/build-initramfs.js" --busybox "$busybox" --init "$here/init" --out "$out/initramfs.cpio"
 for f in vmlinux bzImage System.map; do
   ln -f "$kernel/$f" "$out/$f" 2>/dev/null || cp -f "$kernel/$f" "$out/$f"
 done

@@ -2,7 +2,7 @@
 // its applet links, guest/init, /dev/console, /dev/null and, for a stock
 // kernel, modules that /init loads in the order given.
 //   node dist/scripts/build-initramfs.js --out FILE [--busybox /bin/busybox]
-//        [--init guest/init] [--idle tsvisor-idle] [--module a.ko --module b.ko ...]
+//        [--init guest/init] [--module a.ko --module b.ko ...]
 // Run by guest/build.sh and guest/debian-kernel.sh.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -16,11 +16,10 @@ const { values } = parseArgs({
     busybox: { type: 'string', default: '/bin/busybox' },
     init: { type: 'string', default: `${root}guest/init` },
     module: { type: 'string', multiple: true, default: [] },
-    idle: { type: 'string' },
   },
 });
 if (!values.out) {
-  console.error('usage: build-initramfs --out FILE [--busybox PATH] [--init PATH] [--idle PATH] [--module FILE.ko]...');
+  console.error('usage: build-initramfs --out FILE [--busybox PATH] [--init PATH] [--module FILE.ko]...');
   process.exit(2);
 }
 
@@ -38,8 +37,7 @@ if (busybox.includes(Buffer.from('/lib64/ld-linux-x86-64.so.2'))) {
 }
 
 const modules = values.module!.map((m): [string, Uint8Array] => [m, readFileSync(m)]);
-const idle = values.idle ? readFileSync(values.idle) : undefined;
-const bytes = guestInitramfs({ busybox, init: readFileSync(values.init!), modules, idle }).toBytes();
+const bytes = guestInitramfs({ busybox, init: readFileSync(values.init!), modules }).toBytes();
 const tmp = `${values.out}.tmp.${process.pid}`;
 writeFileSync(tmp, bytes);
 renameSync(tmp, values.out);

@@ -5,31 +5,44 @@ import { parseArgs } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { TsvisorError, usageError } from './errors.js';
 import { Vm, type BootOptions, type VmExit } from './vm.js';
-import { defaultGuestPaths, DEFAULT_GUEST_MISSING } from './guest/default-guest.js';
+import { defaultGuestPaths } from './guest/default-guest.js';
 import { formatStats, formatNetStats, topSymbols } from './stats.js';
-import { parseNetOption, sandboxIpParam, SANDBOX_GUEST_IP, SANDBOX_HOST_IP, type NetSpec } from './net/net-option.js';
+import { parseNetOption, sandboxIpParam, type NetSpec } from './net/net-option.js';
 import { Sandbox } from './net/sandbox.js';
-import { idleInitArgs } from './guest/default-guest.js';
-import { detectHostKind } from './kvm/system.js';
+import { sandboxPreflight, sandboxReexec } from './net/user-namespace.js';
+import { GUEST_READY_MARKER } from './guest/default-guest.js';
+import { buildDefaultGuest } from './guest/build.js';
+import { parseAddOption, type HostFile } from './guest/host-files.js';
+import { shellCommand } from './guest/command.js';
+import { COMMAND_EXIT } from './vcpu/protocol.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 const MAIN_HELP = `tsvisor ${VERSION} — a KVM hypervisor in TypeScript
 
 Usage:
-  tsvisor run [options]     boot a guest with its serial console on this terminal
-  tsvisor --help            this text
-  tsvisor run --help        the options of run
+  tsvisor run [options]                 boot a guest with its serial console on this terminal
+  tsvisor run [options] -- COMMAND ...  run COMMAND in the guest; exit with its status
+  tsvisor --help                        this text
+  tsvisor run --help                    the options of run
   tsvisor --version
 
-Without --kernel, run boots the default guest (build it with: npm run guest).`;
+Without --kernel, run boots the default guest (built on first use, or: npm run guest).`;
 
-const RUN_HELP = `Usage: tsvisor run [options]
+const RUN_HELP = `Usage: tsvisor run [options] [-- COMMAND [ARGS...]]
 
 Boots a guest: any x86-64 Linux kernel (bzImage or vmlinux, with an initramfs),
 or a multiboot image. The guest's serial console (COM1) is this terminal;
 type Ctrl-A then x to stop the guest. The guest rebooting or powering off ends
-tsvisor with status 0.
+tsvisor with status 0. The default guest (no --kernel) is built on first use
+and gives a shell; \`exit\` or \`poweroff\` ends the run.
+
+With -- COMMAND, the guest's init runs COMMAND (with sh -c; one argument is
+taken as a shell command, several are quoted word by word) in /root, with
+stdin /dev/null, and tsvisor exits with COMMAND's status. Its output streams
+here; the boot is shown with --verbose. For example:
+  tsvisor run --net sandbox -- ping -c 3 10.0.2.2
+  tsvisor run --add ./test.sh -- ./test.sh
 
 Options:
   --kernel FILE         bzImage, uncompressed vmlinux ELF, or multiboot image
@@ -44,7 +57,9 @@ Options:
   --net sandbox[,mac=M] a network namespace for this run with the TAP inside:
                         host side 10.0.2.2/24, guest 10.0.2.15 (Linux guests get
                         ip= for it); the host pings the guest once it is up; all
-                        of it is deleted at exit (needs root)
+                        of it is deleted at exit. Without root it runs in a user
+                        namespace of its own (needs unshare, and /dev/net/tun and
+                        /dev/kvm open to you)
   --tx-burst N          packets one TX bottom-half run sends (default 256)
   --ioeventfd           bind queue-notify writes to eventfds (KVM_IOEVENTFD): no
                         exit to userspace; the default is the exit path
@@ -57,13 +72,19 @@ Options:
   --profile MS          sample the guest's RIP every MS milliseconds and print the
                         hottest symbols at the end (needs --system-map for names)
   --system-map FILE     System.map for --profile (default: the default guest's)
+  --add HOST[:GUEST]    put a host file or directory into the guest for this run
+                        (default GUEST: /root/<name>); repeatable
   --verbose             print how the guest is booted (format, command line, host)
   -h, --help            this text
 
 Exit status: 0 guest reset or power-off; (v<<1)|1 for a debug-exit write of v;
 2 usage error; 1 runtime error; 3 triple fault; 4 unsupported instruction;
 5 KVM internal error; 124 timeout; 130 SIGINT, 143 SIGTERM (the guest is
-stopped, the terminal restored, a TAP or sandbox tsvisor made deleted).`;
+stopped, the terminal restored, a TAP or sandbox tsvisor made deleted).
+With -- COMMAND: COMMAND's own status, or ${COMMAND_EXIT.panic} the guest kernel panicked;
+${COMMAND_EXIT.noInit} the guest never reached init; ${COMMAND_EXIT.timeout} --timeout passed; ${COMMAND_EXIT.failure} tsvisor or KVM
+could not go on (triple fault, unsupported instruction, internal error); ${COMMAND_EXIT.noStatus} the
+guest ended without the command's status (it rebooted or was stopped).`;
 
 const RUN_OPTIONS = {
   kernel: { type: 'string' },
@@ -80,6 +101,7 @@ const RUN_OPTIONS = {
   net: { type: 'string' },
   'tx-burst': { type: 'string' },
   ioeventfd: { type: 'boolean' },
+  add: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -137,8 +159,12 @@ async function dispatch(argv: string[]): Promise<number> {
 
 async function run(argv: string[]): Promise<number> {
   let values;
+  // Everything after `--` is the guest's command, never an option of tsvisor.
+  const dashes = argv.indexOf('--');
+  const commandArgv = dashes < 0 ? undefined : argv.slice(dashes + 1);
+  const options = dashes < 0 ? argv : argv.slice(0, dashes);
   try {
-    ({ values } = parseArgs({ args: joinNegativeValues(argv), options: RUN_OPTIONS, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: joinNegativeValues(options), options: RUN_OPTIONS, strict: true, allowPositionals: false }));
   } catch (e) {
     // parseArgs may explain over several lines; the user gets one.
     throw usageError((e as Error).message.replace(/\s*\n\s*/g, ' ').replace(/\.$/, ''), 'see tsvisor run --help');
@@ -152,25 +178,26 @@ async function run(argv: string[]): Promise<number> {
   const profileMs = values.profile === undefined ? undefined : positiveInt('profile', values.profile, 50);
 
   const netSpec: NetSpec | undefined = values.net === undefined ? undefined : parseNetOption(values.net);
+  // Without root, --net sandbox runs in a user namespace of its own: say now if this host will not allow it.
+  sandboxPreflight(netSpec);
   const txBurst = values['tx-burst'] === undefined ? undefined : positiveInt('tx-burst', values['tx-burst'], 256);
+  if (commandArgv !== undefined && commandArgv.length === 0) throw usageError('-- is followed by no command', 'write e.g. tsvisor run -- uname -a');
+  const command = commandArgv === undefined ? undefined : shellCommand(commandArgv);
+  const addFiles: HostFile[] = (values.add ?? []).map(parseAddOption);
   const defaultGuest = values.kernel === undefined;
   let kernel = values.kernel;
   let initrd = values.initrd;
   let cmdline = values.append;
   let systemMap = values['system-map'];
-  if (kernel === undefined) {
-    const guest = defaultGuestPaths();
-    if (!guest) throw new TsvisorError(DEFAULT_GUEST_MISSING, 1, 'it builds the kernel and initramfs from Debian packages, about 10 minutes the first time');
-    kernel = guest.kernel;
+  if (kernel === undefined || (initrd === undefined && (command !== undefined || addFiles.length > 0))) {
+    // The default guest (or its initramfs, which holds the init that runs commands).
+    const guest = defaultGuestPaths() ?? (await buildDefaultGuest());
+    kernel ??= guest.kernel;
     initrd ??= guest.initrd;
-    if (cmdline === undefined) {
-      cmdline = 'console=ttyS0 panic=-1';
-      // On kvm_pvm the guest's init cannot run; with a network to show, keep
-      // the kernel up for a minute with the syscall-free init instead.
-      if (netSpec?.mode === 'sandbox' && detectHostKind() === 'kvm_pvm') cmdline += ` ${idleInitArgs(3e9 * 60)}`;
-    }
     systemMap ??= guest.systemMap;
   }
+  // quiet: a command's output is not interleaved with the kernel's log.
+  if (defaultGuest && cmdline === undefined) cmdline = `console=ttyS0 panic=-1${command !== undefined && !values.verbose ? ' quiet' : ''}`;
   // The sandbox's addresses, for Linux guests that did not choose their own.
   const linuxParams = netSpec?.mode === 'sandbox' && !/(^|\s)ip=/.test(cmdline ?? '') ? [sandboxIpParam()] : [];
   const opts: BootOptions = {
@@ -183,9 +210,14 @@ async function run(argv: string[]): Promise<number> {
     linuxParams,
     hostParams: values['host-params'] === undefined ? undefined : values['host-params'].split(/\s+/).filter(Boolean),
     kvmPath: process.env.TSVISOR_KVM_DEVICE || undefined,
+    command,
+    addFiles,
   };
 
   if (!netSpec && values.ioeventfd) throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');
+  // ... by running itself again there (after the default guest is built: inside there is no network).
+  const inUserNamespace = sandboxReexec(argv, netSpec);
+  if (inUserNamespace) return await inUserNamespace;
   // SIGINT/SIGTERM from here on stop the guest (or, during setup, the run as soon
   // as the guest exists), so the sandbox and the TAP are always cleaned up.
   const signals: SignalState = { vm: undefined, signal: undefined };
@@ -205,7 +237,7 @@ async function run(argv: string[]): Promise<number> {
     const vm = await Vm.boot(opts);
     signals.vm = vm;
     if (signals.signal) void vm.stop();
-    return await supervise(vm, values, profileMs, systemMap, sandbox, defaultGuest, signals);
+    return await supervise(vm, values, profileMs, systemMap, sandbox, command !== undefined, signals);
   } finally {
     sandbox?.close();
     process.off('SIGINT', onSignal);
@@ -219,44 +251,106 @@ interface SignalState {
   signal: NodeJS.Signals | undefined;
 }
 
-async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, defaultGuest: boolean, signals: SignalState): Promise<number> {
+async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, commandMode: boolean, signals: SignalState): Promise<number> {
   if (values.verbose) {
     const i = vm.info;
     process.stderr.write(`tsvisor: ${i.format}${i.compression ? ` (${i.compression} payload, decompressed on the host)` : ''}, ${i.memMiB} MiB, host ${i.hostKind}\n`);
     process.stderr.write(`tsvisor: command line: ${i.cmdline}\n`);
     if (i.hostParams.length) process.stderr.write(`tsvisor: host parameters (--host-params to change): ${i.hostParams.join(' ')}\n`);
   }
-  if (sandbox) {
-    process.stderr.write(`tsvisor: network sandbox: namespace ${sandbox.ns.name}, ${sandbox.tap.name} ${SANDBOX_HOST_IP}/24, guest ${SANDBOX_GUEST_IP}; try: ip netns exec ${sandbox.ns.name} ping ${SANDBOX_GUEST_IP}\n`);
-    if (defaultGuest && vm.info.hostKind === 'kvm_pvm') {
-      process.stderr.write('tsvisor: on kvm_pvm guest user space cannot make system calls: the guest kernel boots and answers the network for a minute, then its init dies and the run ends\n');
-    }
-    // Once the guest kernel has configured its address and finished booting, show the host reaching it.
-    vm.console.waitFor(/IP-Config: Complete[^]*Run \S+ as init process/, { fromStart: true }).then(async () => {
-      const r = await sandbox.pingGuest(5);
-      process.stderr.write(`\ntsvisor: host → guest ping ${r.ok ? 'answered' : 'FAILED'}: ${r.summary}\n`);
+  const ready = vm.console.waitFor(new RegExp(GUEST_READY_MARKER), { fromStart: true });
+  ready.catch(() => {});
+  if (sandbox && (!commandMode || values.verbose)) {
+    process.stderr.write(`tsvisor: ${sandbox.describe()}\n`);
+  }
+  if (sandbox && !commandMode) {
+    // Once the guest is up, show the host reaching it.
+    ready.then(async () => {
+      const r = await sandbox.pingGuest(3);
+      process.stderr.write(`\r\ntsvisor: host → guest ping ${r.ok ? 'answered' : 'FAILED'}: ${r.summary}\r\n`);
     }, () => {});
   }
-  const restoreTerminal = attachTerminal(vm);
+  // A command run hides the boot (unless --verbose): say that it is happening.
+  const stopProgress = commandMode && !values.verbose ? showBootProgress(vm, ready) : () => {};
+  const restoreTerminal = commandMode ? streamCommandOutput(vm, values.verbose === true, stopProgress) : attachTerminal(vm);
   let exit: VmExit;
   try {
     exit = await vm.exited;
   } finally {
+    stopProgress();
     restoreTerminal();
   }
   const signalled = exit.kind === 'stopped' ? signals.signal : undefined;
+  const quietEnd = ['reset', 'poweroff', 'debug-exit', 'stopped', 'command'];
   if (signalled) {
     process.stderr.write(`\ntsvisor: ${signalled} received: guest stopped\n`);
-  } else if (exit.kind !== 'reset' && exit.kind !== 'poweroff' && exit.kind !== 'debug-exit' && exit.kind !== 'stopped') {
-    process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
-  } else if (values.verbose) {
-    process.stderr.write(`\ntsvisor: ${exit.reason}\n`);
+  } else if (!quietEnd.includes(exit.kind) || values.verbose) {
+    process.stderr.write(`${commandMode ? '' : '\n'}tsvisor: ${exit.reason}\n`);
   }
   if (values.stats) process.stderr.write(formatStats(exit.stats) + (exit.net ? formatNetStats(exit.net) : ''));
   if (values['stats-json']) writeFileSync(values['stats-json'], JSON.stringify({ status: exit.status, kind: exit.kind, reason: exit.reason, stats: exit.stats, net: exit.net }, null, 2));
   if (profileMs && exit.stats.ripSamples) process.stderr.write(topSymbols(exit.stats.ripSamples, systemMap));
   if (signalled) return 128 + (signalled === 'SIGINT' ? 2 : 15);
   return exit.status;
+}
+
+/**
+ * While the guest boots, a line on a terminal's stderr that counts the
+ * seconds (a kernel under kvm_pvm's emulator takes tens of them). Returns the undo.
+ */
+function showBootProgress(vm: Vm, ready: Promise<unknown>): () => void {
+  if (!process.stderr.isTTY) return () => {};
+  const t0 = Date.now();
+  let shown = false;
+  const clear = () => {
+    if (shown) process.stderr.write('\r\x1b[K');
+    shown = false;
+  };
+  const tick = setInterval(() => {
+    process.stderr.write(`\r\x1b[Ktsvisor: booting the guest (${vm.info.hostKind}), ${Math.round((Date.now() - t0) / 1000)} s`);
+    shown = true;
+  }, 1000);
+  const stop = () => {
+    clearInterval(tick);
+    clear();
+  };
+  ready.then(stop, stop);
+  return stop;
+}
+
+/**
+ * A command run's output: the guest's console from the line after the ready
+ * marker on goes to stdout, as the guest prints it; the boot before it goes to
+ * stderr with --verbose and nowhere otherwise. Returns the undo.
+ */
+function streamCommandOutput(vm: Vm, verbose: boolean, onReady: () => void): () => void {
+  const marker = Buffer.from(GUEST_READY_MARKER + '\n');
+  let pending: Buffer | null = Buffer.alloc(0);
+  const onData = (b: Buffer) => {
+    if (pending === null) {
+      process.stdout.write(b);
+      return;
+    }
+    pending = Buffer.concat([pending, b]);
+    const at = pending.indexOf(marker);
+    if (at < 0) {
+      // Keep only what could still be the start of the marker.
+      const keep = Math.max(0, pending.length - marker.length);
+      if (verbose) process.stderr.write(pending.subarray(0, keep));
+      pending = pending.subarray(keep);
+      return;
+    }
+    if (verbose) process.stderr.write(pending.subarray(0, at + marker.length));
+    const rest = pending.subarray(at + marker.length);
+    pending = null;
+    onReady();
+    if (rest.length) process.stdout.write(rest);
+  };
+  vm.console.on('data', onData);
+  return () => {
+    vm.console.off('data', onData);
+    if (pending?.length && verbose) process.stderr.write(pending);
+  };
 }
 
 /** Raw terminal in, console out; Ctrl-A x stops the guest. Returns the undo. */

@@ -6,7 +6,9 @@ import { Worker } from 'node:worker_threads';
 import * as libc from './sys/libc.js';
 import { native } from './native.js';
 import { vmmCpuMs } from './util/thread-cpu.js';
-import { TsvisorError } from './errors.js';
+import { TsvisorError, usageError } from './errors.js';
+import { appendArchive, hostFilesArchive, type HostFile } from './guest/host-files.js';
+import { commandEnd } from './guest/command.js';
 import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
 import { KvmVm } from './kvm/vm.js';
 import { Vcpu } from './kvm/vcpu.js';
@@ -52,6 +54,22 @@ export interface BootOptions {
   virtioNetStub?: boolean;
   /** A virtio-net NIC on a TAP (PCI slot 4): `{ tap: 'tap0', mac?, txBurst?, ioeventfd? }`. */
   net?: NetBootOptions;
+  /**
+   * A shell command for the guest's init (guest/init: the default guest's, or
+   * any initramfs built with it) to run instead of a shell. The run ends with
+   * the command's exit status (`VmExit.kind` 'command', `status`), or with a
+   * status of its own when the guest panics, never reaches init, or times out
+   * (COMMAND_EXIT). Linux kernels only.
+   */
+  command?: string;
+  /** Host files and directories added to the initramfs for this run (`--add`). */
+  addFiles?: HostFile[];
+  /**
+   * Complete guest SYSCALLs in userspace (src/vcpu/syscall-completion.ts):
+   * 'auto' (default) does it where KVM leaves them half done (kvm_pvm); 'on'
+   * forces it anywhere (tests of the mechanism on hardware KVM).
+   */
+  syscallCompletion?: 'auto' | 'on' | 'off';
 }
 
 export interface VmExit {
@@ -169,10 +187,16 @@ export class Vm {
           c.vmmMs = vmmCpuMs(c.processUserMs, c.processSysMs, c.vcpu);
         }
         this.release();
+        if (opts.command !== undefined) {
+          const end = commandEnd(m.kind, m.code, m.message, this.console.output);
+          resolve({ status: end.status, kind: end.kind, code: end.kind === 'command' ? end.status : m.code, reason: end.reason, stats: m.stats, net });
+          return;
+        }
         resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats, net });
       };
       this.worker.on('message', (m: VcpuExitMessage) => {
-        if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: this.pendingMessage };
+        // A stop the VMM asked for keeps its reason, and where the vCPU was.
+        if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: `${this.pendingMessage}${/ \(the vCPU was .*\)$/.exec(m.message)?.[0] ?? ''}` };
         done(m);
       });
       this.worker.on('error', (e) => done({ type: 'exit', kind: 'error', message: `vCPU thread crashed: ${e.stack ?? e}`, stats: emptyStats() }));
@@ -207,11 +231,19 @@ export class Vm {
     if (hostBytes > 0 && memBytes > hostBytes)
       throw new TsvisorError(`--mem ${memMiB} is more than this host has (${Math.floor(hostBytes / MiB)} MiB of RAM and swap)`, 2, 'lower --mem');
     const kernelBytes = readInput('kernel', opts.kernel);
-    const initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
+    let initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
+    // A command and added files travel as a second archive after the initramfs.
+    const extra = [...(opts.addFiles ?? [])];
+    const additions = extra.length > 0 || opts.command !== undefined ? hostFilesArchive(extra, opts.command) : null;
+    if (additions) {
+      if (!initrd) throw usageError(opts.command !== undefined ? 'a command needs an initramfs with tsvisor\'s init' : '--add needs an initramfs to add to', 'use the default guest, or pass --initrd built with guest/init');
+      initrd = appendArchive(initrd, additions);
+    }
     const kernelName = typeof opts.kernel === 'string' ? opts.kernel : 'kernel';
     // Recognize the kernel before taking anything from the host, so a file that
     // is not a kernel is reported as such even where /dev/kvm is missing.
     const mb = findMultibootHeader(kernelBytes);
+    if (mb && additions) throw usageError('a command and --add need a Linux kernel; this is a multiboot image', 'pass a Linux kernel, or leave out the command and --add');
     const image: { multiboot: MultibootHeader } | { linux: LinuxKernel } = mb ? { multiboot: mb } : { linux: parseLinuxKernel(kernelBytes, kernelName) };
 
     const kvm = new Kvm(opts.kvmPath);
@@ -314,6 +346,7 @@ export class Vm {
       const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
       const data: VcpuWorkerData = {
         vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
+        syscallCompletion: opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm'),
       };
       return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup);
     } catch (e) {

@@ -62,19 +62,11 @@ export function debianGuestPaths(env: NodeJS.ProcessEnv = process.env): DebianGu
   return [paths.bzImage, paths.initrd, paths.systemMap].every((p) => existsSync(p)) ? paths : null;
 }
 
-/**
- * The kernel command-line word that makes guest/init run `command` (with
- * `sh -c`) instead of a shell, then print `tsvisor-guest: exit <status>` and
- * power off. Base64, so spaces and quotes survive the kernel's parsing.
- */
-export function guestCommandArg(command: string): string {
-  return `tsvisor.cmd=${Buffer.from(command, 'utf8').toString('base64')}`;
-}
+/** Where guest/init finds the command it runs instead of a shell (BootOptions.command puts it there). */
+export const GUEST_COMMAND_FILE = '/etc/tsvisor/command';
 
 /** Printed by guest/init once the system is up, before the command or shell. */
 export const GUEST_READY_MARKER = 'tsvisor-guest: ready';
-/** Printed by guest/init after the command: `tsvisor-guest: exit <status>`. */
-export const GUEST_EXIT_RE = /tsvisor-guest: exit (\d+)/;
 
 /** Busybox applets linked into /bin. */
 export const GUEST_APPLETS = [
@@ -82,7 +74,7 @@ export const GUEST_APPLETS = [
   'halt', 'uname', 'cat', 'echo', 'printf', 'sleep', 'sha256sum', 'md5sum', 'dd', 'wc', 'ls', 'mkdir', 'rm', 'cp', 'mv',
   'ln', 'grep', 'sed', 'awk', 'head', 'tail', 'tr', 'cut', 'sort', 'uniq', 'base64', 'hexdump', 'od', 'insmod', 'lsmod',
   'dmesg', 'ps', 'kill', 'sync', 'true', 'false', 'test', '[', 'env', 'time', 'timeout', 'date', 'seq', 'xargs', 'find',
-  'chmod', 'stat', 'uptime', 'free', 'sysctl', 'arp', 'nslookup', 'wget', 'udhcpc', 'vi', 'less', 'clear', 'yes',
+  'chmod', 'stat', 'uptime', 'free', 'sysctl', 'arp', 'nslookup', 'wget', 'udhcpc', 'vi', 'less', 'clear', 'yes', 'stty', 'hostname',
 ] as const;
 
 export interface GuestInitramfsOptions {
@@ -95,22 +87,14 @@ export interface GuestInitramfsOptions {
    * (uncompressed .ko); stored in /lib/modules with a load-order list for /init.
    */
   modules?: [string, Uint8Array][];
-  /** /bin/tsvisor-idle (guest/idle.c): an init that makes no system calls, for kvm_pvm. */
-  idle?: Uint8Array;
 }
 
-/** Path of the syscall-free init in the guest (see guest/idle.c). */
-export const GUEST_IDLE_INIT = '/bin/tsvisor-idle';
-
-/**
- * Kernel parameters that make the guest run `/bin/tsvisor-idle` as init for
- * `cycles` TSC cycles: on kvm_pvm, where init cannot make system calls, this
- * keeps the kernel (and its network stack) up that long, then init dies, the
- * kernel panics and panic=-1 ends the run with a reboot.
- */
-export function idleInitArgs(cycles: number): string {
-  return `rdinit=${GUEST_IDLE_INIT} tsvisor_idle_cycles=${Math.round(cycles)}`;
-}
+/** The login shell's profile: a prompt, and what the guest offers. */
+const GUEST_PROFILE = `export PS1='tsvisor:\\w# '
+hostname -F /etc/hostname 2>/dev/null
+echo "tsvisor guest: $(uname -sr); $(ip -4 -o addr show dev eth0 2>/dev/null | awk '{print "eth0 " $4}')"
+echo "exit or poweroff ends the run (Ctrl-A x from the host)"
+`;
 
 /** The initramfs of tsvisor's guests: busybox, its applet links, /init, /dev/console and /dev/null. */
 export function guestInitramfs(opts: GuestInitramfsOptions): Initramfs {
@@ -122,8 +106,8 @@ export function guestInitramfs(opts: GuestInitramfsOptions): Initramfs {
   fs.addFile('bin/busybox', opts.busybox, 0o755);
   for (const a of GUEST_APPLETS) fs.addSymlink(`bin/${a}`, 'busybox');
   fs.addFile('init', opts.init, 0o755);
-  if (opts.idle) fs.addFile(GUEST_IDLE_INIT.slice(1), opts.idle, 0o755);
   fs.addFile('etc/hostname', 'tsvisor\n');
+  fs.addFile('etc/profile', GUEST_PROFILE);
   const modules = opts.modules ?? [];
   if (modules.length > 0) {
     const order: string[] = [];

@@ -106,7 +106,7 @@ export class RunLoop {
           break;
         case abi.KVM_EXIT_INTR:
           if (Atomics.load(this.control, this.sampleWord)) this.sample();
-          if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
+          if (Atomics.load(this.control, this.stopWord)) return this.stopped();
           break;
         default:
           this.finish({ kind: 'internal-error', message: `unexpected exit ${abi.EXIT_REASON_NAMES[reason] ?? reason} at ${this.where()}` });
@@ -237,6 +237,29 @@ export class RunLoop {
     Atomics.store(this.control, this.sampleWord, 0);
     const rip = this.vcpu.getRegs().rip;
     this.ripSamples.set(rip, (this.ripSamples.get(rip) ?? 0) + 1);
+  }
+
+  /**
+   * The end when the VMM stops the vCPU (vm.stop(), a signal, --timeout):
+   * where the guest was, so that a guest stuck somewhere says where.
+   */
+  private stopped(): RunEnd {
+    let at = '';
+    try {
+      const r = this.vcpu.getRegs();
+      const s = this.vcpu.getSregs();
+      const halted = this.vcpu.getMpState() === abi.KVM_MP_STATE_HALTED;
+      at = ` (the vCPU was ${halted ? 'halted' : 'running'} at rip=0x${r.rip.toString(16)}, CPL ${s.cs.selector & 3}, ${this.totalExits()} exits so far)`;
+    } catch {
+      /* registers unavailable: the plain message */
+    }
+    return { kind: 'stopped', message: `stopped by the VMM${at}` };
+  }
+
+  private totalExits(): number {
+    let n = 0;
+    for (const c of this.exitCounts) n += c;
+    return n;
   }
 
   /** RIP and the general registers, for error messages. */
