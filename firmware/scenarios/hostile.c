@@ -1,7 +1,7 @@
 /* hostile: feeds the virtio-net device malformed rings, then checks it still
  * works after a reset. After a clean setup, each step posts one kind of bad
  * request and notifies the queue directly (ignoring suppression), lets the
- * device run for settle= ms (default 20), records the device status
+ * device run until it answers, at most settle= ms (default 2000), records the device status
  * (NEEDS_RESET) and whether anything came back used, then resets the device
  * (status 0) and sets it up again from scratch:
  *   1 oob       TX descriptor at 1 TiB (outside RAM)
@@ -102,7 +102,7 @@ static bool ping_once(void)
 int main(uint32_t magic, uint32_t mbi)
 {
   uint32_t steps = (uint32_t)fw_arg_u64("steps", NSTEPS);
-  uint32_t settle = (uint32_t)fw_arg_u64("settle", 20);
+  uint32_t settle = (uint32_t)fw_arg_u64("settle", 2000);
   bool verbose = fw_arg_u64("verbose", 0) != 0;
   if (steps > NSTEPS) {
     printf("hostile: bad argument steps (at most %d)\n", NSTEPS);
@@ -130,10 +130,13 @@ int main(uint32_t magic, uint32_t mbi)
       }
     }
     step((int)i);
+    /* Until the device answers (NEEDS_RESET, or a used buffer), at most settle= ms. */
     uint64_t until = rdtsc() + fw_ms_to_tsc(settle);
-    while (rdtsc() < until && !vq_has_used(&nic.tx))
-      __asm__ volatile("pause");
     uint8_t st = virtio_get_status(&nic.dev);
+    while (rdtsc() < until && !vq_has_used(&nic.tx) && !(st & VIRTIO_S_NEEDS_RESET)) {
+      __asm__ volatile("pause");
+      st = virtio_get_status(&nic.dev);
+    }
     bool u = vq_has_used(&nic.tx) || (i == 7 && vq_has_used(&nic.rx));
     needs_reset += (st & VIRTIO_S_NEEDS_RESET) != 0;
     used += u;

@@ -42,9 +42,15 @@ int main(uint32_t magic, uint32_t mbi)
     }
     put_be32(buf, seq);
     put_be32(buf + 4, sum);
-    if (!net_send_udp(&s, (uint16_t)sport, (uint16_t)port, buf, size))
-      continue;
+    /* The TX ring may be full (answering a ping flood fills it): wait for the
+       device to use some of it, up to the same timeout, rather than skip. */
     uint64_t deadline = rdtsc() + fw_ms_to_tsc(timeout);
+    bool sent;
+    while (!(sent = net_send_udp(&s, (uint16_t)sport, (uint16_t)port, buf, size)) && rdtsc() < deadline)
+      __builtin_ia32_pause();
+    if (!sent)
+      continue;
+    deadline = rdtsc() + fw_ms_to_tsc(timeout);
     struct net_pkt p;
     while (net_next(&s, &p, deadline)) {
       if (p.proto != IPPROTO_UDP || p.src != s.host || get_be16(p.l4) != port || get_be16(p.l4 + 2) != sport ||
