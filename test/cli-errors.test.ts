@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { NetNamespace } from '../src/net/netns.js';
 import { Tap } from '../src/net/tap.js';
 import { defaultGuestPaths } from '../src/guest/default-guest.js';
-import { bzImage, elf64 } from './helpers/kernel-images.js';
+import { bzImage, elf64, haltingMultiboot } from './helpers/kernel-images.js';
 import { kvmTest, firmwareImage, firmwareMissing, repoRoot } from './helpers/kvm.js';
 import { netMissing } from './helpers/netns.js';
 
@@ -32,16 +32,6 @@ function noise(length: number, seed = 1): Uint8Array {
   return out;
 }
 
-/** A multiboot image (a.out kludge, loaded at 1 MiB) whose code is `cli; hlt`: were it ever run, it would end at once. */
-function multiboot(): Uint8Array {
-  const file = new Uint8Array(64);
-  const dv = new DataView(file.buffer);
-  const magic = 0x1badb002;
-  const flags = 1 << 16;
-  [magic, flags, (-(magic + flags)) >>> 0, 0x100000, 0x100000, 0, 0, 0x100020].forEach((v, i) => dv.setUint32(i * 4, v, true));
-  file.set([0xfa, 0xf4], 0x20);
-  return file;
-}
 
 // ---- the files, in a directory others can read (runs as nobody read them too) ----
 
@@ -66,7 +56,7 @@ function sparse(name: string, bytes: number): string {
 }
 
 const vmlinux = file('vmlinux', elf64(0x1000000, noise(4096)));
-const mbImage = file('multiboot.bin', multiboot());
+const mbImage = file('multiboot.bin', haltingMultiboot());
 const initrd = file('initrd.cpio', noise(4096, 7));
 
 // ---- running tsvisor ----

@@ -21,6 +21,7 @@ import { pathToFileURL } from 'node:url';
 import { TsvisorError } from '../src/errors.js';
 import { insideOwnUserNamespace, sandboxReexec, unprivilegedSandboxProblem, USERNS_ENV, type UsernsHost } from '../src/net/user-namespace.js';
 import { firmwareImage, firmwareMissing, kvmTest, repoRoot } from './helpers/kvm.js';
+import { haltingMultiboot } from './helpers/kernel-images.js';
 
 const isRoot = process.getuid?.() === 0;
 const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
@@ -207,16 +208,6 @@ const dir = mkdtempSync(join(tmpdir(), 'tsvisor-userns-'));
 chmodSync(dir, 0o755);
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A multiboot image whose code is `cli; hlt` (as in cli-errors.test.ts). */
-function multiboot(): Uint8Array {
-  const file = new Uint8Array(64);
-  const dv = new DataView(file.buffer);
-  const magic = 0x1badb002;
-  const flags = 1 << 16;
-  [magic, flags, (-(magic + flags)) >>> 0, 0x100000, 0x100000, 0, 0, 0x100020].forEach((v, i) => dv.setUint32(i * 4, v, true));
-  file.set([0xfa, 0xf4], 0x20);
-  return file;
-}
 
 function netnsList(): string {
   return spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
@@ -260,7 +251,7 @@ function tunClosedMissing(): string | null {
 
 testIf('as nobody, /dev/net/tun closed to them: status 1, one line naming /dev/net/tun and the fix, nothing left behind', tunClosedMissing(), async (t) => {
   const kernel = join(dir, 'tun-closed-multiboot.bin');
-  writeFileSync(kernel, multiboot());
+  writeFileSync(kernel, haltingMultiboot());
   chmodSync(kernel, 0o644);
   const linksBefore = hostLinks();
   const run = start([...NOBODY, process.execPath, TSVISOR, 'run', '--kernel', kernel, '--mem', '16', '--net', 'sandbox']);

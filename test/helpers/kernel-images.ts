@@ -61,3 +61,14 @@ export function bzImage(vmlinux: Uint8Array, opts: BzImageOptions = {}): Uint8Ar
   file.set(payload, kernelOffset + 0x100);
   return opts.truncate ? file.subarray(0, opts.truncate) : file;
 }
+
+/** A multiboot image (a.out kludge, loaded at 1 MiB) whose code is `cli; hlt`: were it ever run, it would end at once. */
+export function haltingMultiboot(): Uint8Array {
+  const file = new Uint8Array(64);
+  const dv = new DataView(file.buffer);
+  const magic = 0x1badb002;
+  const flags = 1 << 16;
+  [magic, flags, (-(magic + flags)) >>> 0, 0x100000, 0x100000, 0, 0, 0x100020].forEach((v, i) => dv.setUint32(i * 4, v, true));
+  file.set([0xfa, 0xf4], 0x20);
+  return file;
+}
