@@ -9,12 +9,13 @@ import { defaultGuestPaths } from './guest/default-guest.js';
 import { formatStats, formatNetStats, topSymbols } from './stats.js';
 import { parseNetOption, sandboxIpParam, type NetSpec } from './net/net-option.js';
 import { Sandbox } from './net/sandbox.js';
-import { sandboxPreflight, sandboxReexec } from './net/user-namespace.js';
+import { insideOwnUserNamespace, sandboxPreflight, sandboxReexec } from './net/user-namespace.js';
 import { GUEST_READY_MARKER } from './guest/default-guest.js';
 import { buildDefaultGuest } from './guest/build.js';
 import { parseAddOption, type HostFile } from './guest/host-files.js';
 import { shellCommand } from './guest/command.js';
 import { COMMAND_EXIT } from './vcpu/protocol.js';
+import { ensureHostTool } from './util/host-tools.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -263,7 +264,9 @@ async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; '
   if (sandbox && (!commandMode || values.verbose)) {
     process.stderr.write(`tsvisor: ${sandbox.describe()}\n`);
   }
-  if (sandbox && !commandMode) {
+  const noPing = sandbox && !commandMode ? ensureHostTool('ping', 'iputils-ping', (l) => process.stderr.write(`tsvisor: ${l}\n`), process.getuid?.() === 0 && !insideOwnUserNamespace()) : null;
+  if (noPing) process.stderr.write(`tsvisor: the host → guest ping is skipped: ${noPing}\n`);
+  if (sandbox && !commandMode && !noPing) {
     // Once the guest is up, show the host reaching it.
     ready.then(async () => {
       const r = await sandbox.pingGuest(3);
