@@ -19,6 +19,12 @@ export interface CpuidEntry {
 export const CPUID_ENTRY_SIZE = 40;
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
 
+// KVM_SET_XCRS, a vCPU ioctl: _IOW(KVMIO, 0xa7, struct kvm_xcrs), 392 bytes
+// (nr_xcrs, flags, then 16 of { u32 xcr, u32 reserved, u64 value }, padding).
+const KVM_XCRS_SIZE = 392;
+const KVM_SET_XCRS = ((1 << 30) | (KVM_XCRS_SIZE << 16) | (0xae << 8) | 0xa7) >>> 0;
+const KVM_CAP_XCRS = 56;
+
 /** What kind of KVM this host offers: hardware VMX/SVM, or kvm_pvm's software virtualization. */
 export type HostKind = 'hardware' | 'kvm_pvm';
 
@@ -98,6 +104,22 @@ export class Kvm {
       });
     }
     return out;
+  }
+
+  /**
+   * Sets XCR0 of the vCPU `vcpuFd` (KVM_SET_XCRS), after its CPUID (KVM
+   * refuses bits the CPUID's 0xD.0 lacks). Best effort: false when this KVM
+   * lacks KVM_CAP_XCRS or refuses the value; the vCPU then keeps XCR0 = 1 until
+   * the guest's XSETBV, as on any reset (see bootXcr0 for why tsvisor sets it).
+   */
+  setVcpuXcr0(vcpuFd: number, xcr0: bigint): boolean {
+    if (this.checkExtension(KVM_CAP_XCRS) <= 0) return false;
+    const b = this.scratch;
+    b.clear();
+    b.dv.setUint32(0, 1, true); // nr_xcrs
+    b.dv.setUint32(8, 0, true); // xcrs[0].xcr: XCR0
+    b.dv.setBigUint64(16, xcr0, true);
+    return libc.ioctl(vcpuFd, KVM_SET_XCRS, b.address) >= 0;
   }
 
   close(): void {
