@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { TsvisorError, usageError } from './errors.js';
-import { Vm, type BootOptions, type VmExit } from './vm.js';
+import { DEVICE_NAMES, Vm, type BootOptions, type DeviceName, type VmExit } from './vm.js';
 import { defaultGuestPaths } from './guest/default-guest.js';
 import { formatStats, formatNetStats, topSymbols } from './stats.js';
 import { parseNetOption, sandboxIpParam, type NetSpec } from './net/net-option.js';
@@ -13,6 +13,7 @@ import { insideOwnUserNamespace, sandboxPreflight, sandboxReexec } from './net/u
 import { GUEST_READY_MARKER } from './guest/default-guest.js';
 import { buildDefaultGuest } from './guest/build.js';
 import { parseAddOption, type HostFile } from './guest/host-files.js';
+import { parseFwCfgOption } from './devices/fw-cfg.js';
 import { shellCommand } from './guest/command.js';
 import { COMMAND_EXIT } from './vcpu/protocol.js';
 import { ensureHostTool } from './util/host-tools.js';
@@ -48,7 +49,8 @@ here; the boot is shown with --verbose. For example:
 Options:
   --kernel FILE         bzImage, uncompressed vmlinux ELF, or multiboot image
                         (default: the default guest's kernel)
-  --initrd FILE         initramfs (default: the default guest's, when --kernel is not given)
+  --initrd FILE         initramfs (default: the default guest's, when --kernel is not given);
+                        for a multiboot image, module 0
   --append "ARGS"       kernel command line (default for the default guest:
                         "console=ttyS0 panic=-1")
   --mem MIB             guest RAM in MiB (default 256; at most the host's RAM + swap)
@@ -64,6 +66,8 @@ Options:
   --tx-burst N          packets one TX bottom-half run sends (default 256)
   --ioeventfd           bind queue-notify writes to eventfds (KVM_IOEVENTFD): no
                         exit to userspace; the default is the exit path
+  --device NAME         add a PCI device; repeatable. NAME: pci-testdev (QEMU's
+                        PCI test device, for kvm-unit-tests' vmexit pci-mem/pci-io)
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator
@@ -75,6 +79,9 @@ Options:
   --system-map FILE     System.map for --profile (default: the default guest's)
   --add HOST[:GUEST]    put a host file or directory into the guest for this run
                         (default GUEST: /root/<name>); repeatable
+  --fw-cfg name=opt/NAME,file=PATH
+                        a file in the guest's fw_cfg, as QEMU's -fw_cfg (or
+                        string=TEXT instead of file=); repeatable
   --verbose             print how the guest is booted (format, command line, host)
   -h, --help            this text
 
@@ -84,7 +91,7 @@ Exit status: 0 guest reset or power-off; (v<<1)|1 for a debug-exit write of v;
 stopped, the terminal restored, a TAP or sandbox tsvisor made deleted).
 With -- COMMAND: COMMAND's own status, or ${COMMAND_EXIT.panic} the guest kernel panicked;
 ${COMMAND_EXIT.noInit} the guest never reached init; ${COMMAND_EXIT.timeout} --timeout passed; ${COMMAND_EXIT.failure} tsvisor or KVM
-could not go on (triple fault, unsupported instruction, internal error); ${COMMAND_EXIT.noStatus} the
+could not go on (no KVM, triple fault, unsupported instruction, internal error); ${COMMAND_EXIT.noStatus} the
 guest ended without the command's status (it rebooted or was stopped).`;
 
 const RUN_OPTIONS = {
@@ -103,8 +110,17 @@ const RUN_OPTIONS = {
   'tx-burst': { type: 'string' },
   ioeventfd: { type: 'boolean' },
   add: { type: 'string', multiple: true },
+  'fw-cfg': { type: 'string', multiple: true },
+  device: { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const;
+
+/** A --device NAME, one of DEVICE_NAMES. */
+function deviceName(name: string): DeviceName {
+  const known = DEVICE_NAMES.find((n) => n === name);
+  if (!known) throw usageError(`--device ${name}: no such device`, `known devices: ${DEVICE_NAMES.join(', ')}`);
+  return known;
+}
 
 function positiveInt(name: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
@@ -132,15 +148,17 @@ function joinNegativeValues(argv: string[]): string[] {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // With -- COMMAND, 1 is the command's to give: tsvisor's own failures there say 245.
+  const runtimeFailure = argv[0] === 'run' && argv.includes('--') ? COMMAND_EXIT.failure : 1;
   try {
     return await dispatch(argv);
   } catch (e) {
     if (e instanceof TsvisorError) {
       process.stderr.write(`tsvisor: ${e.line}\n`);
-      return e.exitCode;
+      return e.exitCode === 1 ? runtimeFailure : e.exitCode;
     }
     process.stderr.write(`tsvisor: internal error: ${(e as Error).stack ?? e}\n`);
-    return 1;
+    return runtimeFailure;
   }
 }
 
@@ -185,6 +203,8 @@ async function run(argv: string[]): Promise<number> {
   if (commandArgv !== undefined && commandArgv.length === 0) throw usageError('-- is followed by no command', 'write e.g. tsvisor run -- uname -a');
   const command = commandArgv === undefined ? undefined : shellCommand(commandArgv);
   const addFiles: HostFile[] = (values.add ?? []).map(parseAddOption);
+  const fwCfgFiles = (values['fw-cfg'] ?? []).map(parseFwCfgOption);
+  const devices = (values.device ?? []).map(deviceName);
   const defaultGuest = values.kernel === undefined;
   let kernel = values.kernel;
   let initrd = values.initrd;
@@ -213,6 +233,8 @@ async function run(argv: string[]): Promise<number> {
     kvmPath: process.env.TSVISOR_KVM_DEVICE || undefined,
     command,
     addFiles,
+    fwCfgFiles,
+    devices,
   };
 
   if (!netSpec && values.ioeventfd) throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');

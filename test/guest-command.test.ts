@@ -4,7 +4,7 @@
 // here without KVM; the statuses for real, through the CLI as a user runs it,
 // on the default guest (one boot per status: few, and each checks its output).
 import test from 'ava';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,7 @@ test('how a command run ended: the status, or a status of its own for each other
   t.is(panic.status, COMMAND_EXIT.panic);
   t.regex(panic.reason, /Attempted to kill init/);
   t.is(commandEnd('reset', undefined, 'the guest reset the machine', 'Linux version 6.1\n').status, COMMAND_EXIT.noInit);
+  t.deepEqual(commandEnd('poweroff', undefined, 'halted', `${booted}out\ntsvisor-guest: exit 3\r\n`).status, 3, 'a kernel without /dev/port: init says the status on the console');
   t.is(commandEnd('poweroff', undefined, 'halted', booted).status, COMMAND_EXIT.noStatus);
   t.is(commandEnd('stopped', undefined, 'stopped by the VMM', booted).status, COMMAND_EXIT.noStatus);
   t.regex(commandEnd('timeout', undefined, 'no exit within 3000 ms (--timeout)', 'Linux').reason, /before the guest reached init/);
@@ -87,6 +88,12 @@ function tsvisor(args: string[], timeoutMs = 15 * 60_000): Promise<{ status: num
     child.on('close', (status) => resolve({ status, stdout, stderr }));
   });
 }
+
+test(`with -- COMMAND, tsvisor's own failure (no KVM device) is ${COMMAND_EXIT.failure}, never a status the command could give`, (t) => {
+  const r = spawnSync(process.execPath, [TSVISOR, 'run', '--', 'true'], { encoding: 'utf8', env: { ...process.env, TSVISOR_KVM_DEVICE: '/nonexistent/kvm' } });
+  t.is(r.status, COMMAND_EXIT.failure);
+  t.regex(r.stderr, /^tsvisor: .*\/nonexistent\/kvm.*\n$/);
+});
 
 const guestMissing = () => (defaultGuestPaths() ? null : DEFAULT_GUEST_MISSING);
 

@@ -7,6 +7,9 @@ import { COMMAND_EXIT, type ExitKind } from '../vcpu/protocol.js';
 
 export { COMMAND_EXIT };
 
+/** guest/init's console line when the debug-exit port could not be written. */
+const CONSOLE_EXIT_RE = /^tsvisor-guest: exit (\d+)\r?$/m;
+
 /** Printed by Linux when it panics, on the console. */
 export const PANIC_RE = /Kernel panic - not syncing/;
 
@@ -35,6 +38,13 @@ export function commandEnd(kind: ExitKind, code: number | undefined, reason: str
   if (kind === 'debug-exit') {
     const status = (code ?? 0) & 0xff;
     return { kind: 'command', status, reason: `the command exited with status ${status}` };
+  }
+  // A kernel without /dev/port (Debian's cloud kernel) cannot reach the port:
+  // init then says the status on the console, its last line before powering off.
+  const said = kind !== 'timeout' && kind !== 'stopped' ? CONSOLE_EXIT_RE.exec(consoleText) : null;
+  if (said) {
+    const status = Number(said[1]) & 0xff;
+    return { kind: 'command', status, reason: `the command exited with status ${status} (reported on the console)` };
   }
   if (PANIC_RE.test(consoleText)) {
     const line = /Kernel panic - not syncing:?[^\r\n]*/.exec(consoleText)?.[0] ?? 'Kernel panic';
