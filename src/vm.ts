@@ -13,16 +13,18 @@ import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
 import { KvmVm } from './kvm/vm.js';
 import { Vcpu } from './kvm/vcpu.js';
 import * as abi from './kvm/abi.js';
-import { vcpuCpuid } from './kvm/cpuid.js';
+import { bootXcr0, vcpuCpuid } from './kvm/cpuid.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE_ADDR, ramRegions } from './boot/layout.js';
 import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
-import { pciIntxGsi } from './devices/pci/pci-bus.js';
+import { pciIntxGsi, PCI_MAX_SLOTS } from './devices/pci/pci-bus.js';
 import { createTransportState } from './devices/virtio/transport-state.js';
 import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
 import { NetSetup, type NetBootOptions } from './devices/net/net-setup.js';
+import { pciTestdevSetup } from './devices/pci-testdev.js';
 import type { VirtioNet } from './devices/net/virtio-net.js';
 import { findMultibootHeader, loadMultiboot, type MultibootHeader } from './boot/multiboot.js';
+import { fwCfgItems, loadFwCfgFiles, type FwCfgFileSource } from './devices/fw-cfg.js';
 import { loadLinux, parseLinuxKernel, type LinuxKernel } from './boot/linux.js';
 import { defaultHostParams } from './boot/host-params.js';
 import type { BootCpuState } from './boot/cpu-state.js';
@@ -40,7 +42,7 @@ export interface BootOptions {
   cmdline?: string;
   /** Guest RAM in MiB (default 256). */
   memMiB?: number;
-  /** Parameters appended for Linux kernels only (a multiboot image gets `cmdline` as is). */
+  /** Parameters appended for Linux kernels only (a multiboot image gets its own name, a space and `cmdline`, as from QEMU). */
   linuxParams?: string[];
   /** Parameters appended for this host kind; default: `defaultHostParams` (none on hardware KVM). */
   hostParams?: string[];
@@ -54,6 +56,8 @@ export interface BootOptions {
   virtioNetStub?: boolean;
   /** A virtio-net NIC on a TAP (PCI slot 4): `{ tap: 'tap0', mac?, txBurst?, ioeventfd? }`. */
   net?: NetBootOptions;
+  /** More PCI devices by name (`--device`), in slots from 5 up: 'pci-testdev' (QEMU's, for kvm-unit-tests). */
+  devices?: DeviceName[];
   /**
    * A shell command for the guest's init (guest/init: the default guest's, or
    * any initramfs built with it) to run instead of a shell. The run ends with
@@ -64,6 +68,8 @@ export interface BootOptions {
   command?: string;
   /** Host files and directories added to the initramfs for this run (`--add`). */
   addFiles?: HostFile[];
+  /** Named files in the guest's fw_cfg directory (`--fw-cfg`): `{ name: 'opt/…', path }` or `{ name, data }`. */
+  fwCfgFiles?: FwCfgFileSource[];
   /**
    * Complete guest SYSCALLs in userspace (src/vcpu/syscall-completion.ts):
    * 'auto' (default) does it where KVM leaves them half done (kvm_pvm); 'on'
@@ -95,6 +101,12 @@ export interface BootInfo {
 }
 
 const MIN_MEM_MIB = 8;
+
+/** Devices `--device` / BootOptions.devices can add. */
+export const DEVICE_NAMES = ['pci-testdev'] as const;
+export type DeviceName = (typeof DEVICE_NAMES)[number];
+/** Their PCI slots start here (3 and 4 are the NICs'). */
+const FIRST_DEVICE_SLOT = 5;
 /** How often to check whether the guest halted with interrupts off. */
 const HALT_CHECK_MS = 250;
 
@@ -140,6 +152,7 @@ export class Vm {
     info: BootInfo,
     opts: BootOptions,
     private readonly netSetup: NetSetup | null = null,
+    private readonly releaseDevices: () => void = () => {},
   ) {
     this.info = info;
     this.control = new Int32Array(workerData.control);
@@ -230,6 +243,11 @@ export class Vm {
     const hostBytes = hostMemoryBytes();
     if (hostBytes > 0 && memBytes > hostBytes)
       throw new TsvisorError(`--mem ${memMiB} is more than this host has (${Math.floor(hostBytes / MiB)} MiB of RAM and swap)`, 2, 'lower --mem');
+    const extraDevices = opts.devices ?? [];
+    for (const name of extraDevices) {
+      if (!DEVICE_NAMES.includes(name)) throw usageError(`unknown device "${String(name)}"`, `known devices: ${DEVICE_NAMES.join(', ')}`);
+    }
+    if (FIRST_DEVICE_SLOT + extraDevices.length > PCI_MAX_SLOTS) throw usageError(`${extraDevices.length} devices do not fit on the PCI bus`, `give at most ${PCI_MAX_SLOTS - FIRST_DEVICE_SLOT}`);
     const kernelBytes = readInput('kernel', opts.kernel);
     let initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
     // A command and added files travel as a second archive after the initramfs.
@@ -240,6 +258,7 @@ export class Vm {
       initrd = appendArchive(initrd, additions);
     }
     const kernelName = typeof opts.kernel === 'string' ? opts.kernel : 'kernel';
+    const fwCfgFiles = loadFwCfgFiles(opts.fwCfgFiles ?? []);
     // Recognize the kernel before taking anything from the host, so a file that
     // is not a kernel is reported as such even where /dev/kvm is missing.
     const mb = findMultibootHeader(kernelBytes);
@@ -303,6 +322,14 @@ export class Vm {
         undo.push(() => setup.close());
         devices.push(setup.spec);
       }
+      const deviceClosers: Array<() => void> = [];
+      extraDevices.forEach((_name, i) => {
+        // 'pci-testdev' is the only name so far.
+        const d = pciTestdevSetup(FIRST_DEVICE_SLOT + i);
+        undo.push(d.close);
+        deviceClosers.push(d.close);
+        devices.push(d.spec);
+      });
 
       const vcpuFd = vm.createVcpuFd(0);
       undo.push(() => libc.close(vcpuFd));
@@ -316,9 +343,11 @@ export class Vm {
       let info: BootInfo;
       const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
       if ('multiboot' in image) {
-        const cmdline = opts.cmdline ?? '';
-        cpu = loadMultiboot(mem, memBytes, kernelBytes, image.multiboot, cmdline, kernelName);
-        info = { format: 'multiboot', cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
+        // --initrd is module 0 (kvm-unit-tests reads its environment there), named by its path.
+        const module = initrd ? { data: initrd, name: typeof opts.initrd === 'string' ? opts.initrd : 'initrd' } : null;
+        const loaded = loadMultiboot(mem, memBytes, kernelBytes, image.multiboot, { cmdline: opts.cmdline ?? '', kernelName, module });
+        cpu = loaded;
+        info = { format: 'multiboot', cmdline: loaded.cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
       } else {
         const kernel = image.linux;
         const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
@@ -331,7 +360,11 @@ export class Vm {
         info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
       }
 
-      vcpu.setCpuid(vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind));
+      const cpuid = vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind);
+      vcpu.setCpuid(cpuid);
+      // XCR0 as the guest will set it, so that KVM's copy agrees even where the XSETBV exit is lost (bootXcr0 says why).
+      const xcr0 = bootXcr0(cpuid, kvm.hostKind);
+      if (xcr0 !== null) kvm.setVcpuXcr0(vcpuFd, xcr0);
       vcpu.setupLapicLints();
       vcpu.setSregs(cpu.sregs);
       vcpu.setRegs(cpu.regs);
@@ -347,8 +380,10 @@ export class Vm {
       const data: VcpuWorkerData = {
         vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
         syscallCompletion: opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm'),
+        // Every guest gets fw_cfg, as under QEMU (kvm-unit-tests needs its CPU count).
+        fwCfg: fwCfgItems({ ramBytes: memBytes, cpus: 1, files: fwCfgFiles }),
       };
-      return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup);
+      return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));
     } catch (e) {
       for (const release of undo.reverse()) {
         try {
@@ -398,6 +433,7 @@ export class Vm {
   private release(): void {
     void this.worker.terminate();
     this.netSetup?.close();
+    this.releaseDevices();
     this.loop.close();
     libc.munmap(this.vcpu.runAddress, this.runPageSize);
     libc.close(this.vcpu.fd);

@@ -129,6 +129,16 @@ test('a missing initrd: status 2, the path, and "check the --initrd path"', asyn
   oneLine(t, await tsvisor(['--kernel', vmlinux, '--initrd', path]), 2, `initrd ${path} does not exist`, 'check the --initrd path');
 });
 
+test('a malformed --fw-cfg: status 2, the option, and how to write it', async (t) => {
+  oneLine(t, await tsvisor(['--kernel', mbImage, '--fw-cfg', 'opt/env']), 2, '--fw-cfg "opt/env" is not understood', 'write --fw-cfg name=opt/NAME,file=PATH');
+  oneLine(t, await tsvisor(['--kernel', mbImage, '--fw-cfg', `name=env,file=${initrd}`]), 2, '--fw-cfg name "env" is not below opt/', 'user items are named opt/SOMETHING');
+});
+
+test('a missing --fw-cfg file: status 2, the path, and "check the file= path"', async (t) => {
+  const path = join(dir, 'no-such-fw-cfg-file');
+  oneLine(t, await tsvisor(['--kernel', mbImage, '--fw-cfg', `name=opt/env,file=${path}`]), 2, `--fw-cfg file ${path} does not exist`, 'check the file= path');
+});
+
 testUnlessMissing('an unreadable initrd (as nobody, or mode 000): status 2, the path, and how to get read access', setprivMissing(), async (t) => {
   const path = file('unreadable-initrd', noise(4096, 3));
   oneLine(t, await withoutReadAccess(path, ['--kernel', vmlinux, '--initrd', path]), 2, `initrd ${path} is not readable by this user`, `chmod a+r ${path}`);
@@ -242,8 +252,9 @@ kvmTest('--append longer than the bzImage\'s cmdline_size: status 2, the limit f
 });
 
 kvmTest('--append longer than tsvisor passes to a multiboot image: status 2, the limit, and "shorten --append"', async (t) => {
+  // The guest's command line is the kernel's path, a space, then --append (as QEMU passes it).
   oneLine(t, await tsvisor(['--kernel', mbImage, '--mem', '16', '--append', 'x'.repeat(70_000)]), 2,
-    'the command line is too long: 70000 bytes, tsvisor passes at most 65535 to a multiboot image', 'shorten --append');
+    `the multiboot command line is too long: ${Buffer.byteLength(mbImage) + 1 + 70_000} bytes (the kernel's name, a space, --append), tsvisor passes at most 65535`, 'shorten --append');
 });
 
 // ---- TAP (each inside a namespace made here and deleted afterwards) ----

@@ -222,6 +222,47 @@ test('type-1 access: byte, word, dword at any offset; latch readback; absent fun
   t.notThrows(() => pio.lookup(0xcfc)!.pioWrite(0xcfc, 4, 0));
 });
 
+test('type-1 access: the latch\'s low two bits are ORed with the port\'s lane, as on QEMU (kvm-unit-tests latches the byte\'s offset)', (t) => {
+  const { pio, bus } = machine();
+  const { dev } = testDevice();
+  bus.plug(dev, 5);
+  const cf8 = pio.lookup(0xcf8)!;
+  /** lib/x86/asm/pci.h: outl(0x80000000 | bdf << 8 | reg, 0xCF8), then the access at 0xCFC. */
+  const latch = (reg: number) => cf8.pioWrite(0xcf8, 4, (0x80000000 | (5 << 11) | reg) >>> 0);
+  const at = (port: number, size: number) => pio.lookup(port)!.pioRead(port, size);
+  latch(0x0e);
+  t.is(cf8.pioRead(0xcf8, 4), (0x80000000 | (5 << 11) | 0x0e) >>> 0, 'the latch keeps its low bits');
+  t.is(at(0xcfc, 1), 0x00, 'header type (0x0e), not the cache line size at 0x0c');
+  latch(0x0b);
+  t.is(at(0xcfc, 1), 0x02, 'class code byte at 0x0b');
+  latch(0x02);
+  t.is(at(0xcfc, 2), 0x5678, 'device id word at 0x02');
+  latch(0x01);
+  t.is(at(0xcfc, 1), 0x12, 'vendor id high byte');
+  // Lanes: register (address & 0xff) | (port & 3).
+  latch(0x08);
+  t.deepEqual([0xcfc, 0xcfd, 0xcfe, 0xcff].map((p) => at(p, 1)), [0x03, 0x00, 0x00, 0x02], 'revision, prog-if, subclass, class');
+  t.is(at(0xcfe, 2), 0x0200);
+  latch(0x0a);
+  t.is(at(0xcfd, 1), 0x02, '0x0a | 1 = 0x0b');
+  // Writes the same way: the latency timer (0x0d) through a byte-offset latch, then through a lane.
+  latch(0x0d);
+  pio.lookup(0xcfc)!.pioWrite(0xcfc, 1, 0x40);
+  t.is(cfgRead(pio, 5, 0x0c, 4), 0x00004000, 'only 0x0d changed');
+  latch(0x0c);
+  pio.lookup(0xcfd)!.pioWrite(0xcfd, 1, 0x20);
+  t.is(cfgRead(pio, 5, 0x0d, 1), 0x20);
+  latch(0x3d);
+  pio.lookup(0xcfc)!.pioWrite(0xcfc, 1, 0x07);
+  t.is(cfgRead(pio, 5, PCI_INTERRUPT_LINE, 2), 0x0100 | pciIntxGsi(5), 'the pin (0x3d) is read-only; the line untouched');
+  // Past the end of the 256-byte space: all-ones, writes dropped, never a throw.
+  latch(0xfe);
+  t.is(at(0xcfc, 4), 0xffffffff);
+  t.is(at(0xcfd, 2), 0xffff, '0xff + 2 > 256');
+  t.is(at(0xcfd, 1), 0x00, '0xff itself is in range');
+  t.notThrows(() => pio.lookup(0xcfd)!.pioWrite(0xcfd, 4, 0xffffffff));
+});
+
 test('MSI-X capability: control bits reach the shared state; mask, pending and unmask delivery', (t) => {
   const sab = new SharedArrayBuffer(4096);
   const lock = new SpinLock(new Int32Array(sab), 0);

@@ -1,8 +1,12 @@
 // Multiboot v1: recognizes the header in a kernel's first 8 KiB, loads the
 // image (ELF segments, or the header's a.out-kludge addresses), builds the
-// multiboot information (memory map, command line) and enters the image in
-// flat 32-bit protected mode with EAX = 0x2BADB002 and EBX = the information.
-// tsvisor's own test programs (firmware/) and kvm-unit-tests use it.
+// multiboot information (memory, command line, modules, memory map) and
+// enters the image in flat 32-bit protected mode with EAX = 0x2BADB002 and
+// EBX = the information. tsvisor's own test programs (firmware/) and
+// kvm-unit-tests use it. What the guest sees follows QEMU's -kernel loader,
+// which those programs are written against: the command line starts with the
+// kernel's name (argv[0]), and --initrd is module 0, page-aligned after the
+// image, named by its path (kvm-unit-tests reads it as its environment).
 import { TsvisorError } from '../errors.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { EM_386, isElf, parseElf } from './elf.js';
@@ -16,8 +20,15 @@ const MB_FLAG_AOUT_KLUDGE = 1 << 16;
 const MB_FLAG_VIDEO = 1 << 2;
 const MBI_MEMORY = 1 << 0;
 const MBI_CMDLINE = 1 << 2;
+const MBI_MODS = 1 << 3;
 const MBI_MMAP = 1 << 6;
 const MBI_LOADER_NAME = 1 << 9;
+/** struct multiboot_info offsets. */
+const MBI = { flags: 0, memLower: 4, memUpper: 8, cmdline: 16, modsCount: 20, modsAddr: 24, mmapLength: 44, mmapAddr: 48, bootLoaderName: 64 } as const;
+/** struct multiboot_mod_list: mod_start, mod_end, cmdline, pad. */
+const MOD_ENTRY = 16;
+const MMAP_ENTRY = 24;
+const PAGE_SIZE = 4096;
 
 export interface MultibootHeader {
   offset: number;
@@ -44,12 +55,27 @@ export function findMultibootHeader(image: Uint8Array): MultibootHeader | null {
   return null;
 }
 
-export interface MultibootResult extends BootCpuState {
-  entry: number;
-  end: number;
+export interface MultibootBoot {
+  /** What follows the kernel's name on the command line (--append). */
+  cmdline: string;
+  /** The kernel as the user named it (its path): the command line's first word, as QEMU passes it. */
+  kernelName: string;
+  /** Module 0 (--initrd): its bytes and its string (QEMU: the path as given). */
+  module?: { data: Uint8Array; name: string } | null;
 }
 
-export function loadMultiboot(mem: GuestMemory, memBytes: number, image: Uint8Array, header: MultibootHeader, cmdline: string, name = 'kernel'): MultibootResult {
+export interface MultibootResult extends BootCpuState {
+  entry: number;
+  /** End of the image (bss included). */
+  end: number;
+  /** The command line the guest sees: "<kernel name> <cmdline>". */
+  cmdline: string;
+  /** Where module 0 was put, if there was one. */
+  module?: { start: number; end: number };
+}
+
+export function loadMultiboot(mem: GuestMemory, memBytes: number, image: Uint8Array, header: MultibootHeader, boot: MultibootBoot): MultibootResult {
+  const name = boot.kernelName;
   if (header.flags & MB_FLAG_VIDEO) {
     // A video mode request is a preference; a serial-only machine ignores it.
   }
@@ -82,34 +108,69 @@ export function loadMultiboot(mem: GuestMemory, memBytes: number, image: Uint8Ar
     entry = elf.entry;
   }
 
-  // Multiboot information: memory, command line, memory map.
   const lowRamEnd = Math.min(memBytes, PCI_HOLE_START);
-  const cmdBytes = new TextEncoder().encode(cmdline);
-  if (cmdBytes.byteLength >= CMDLINE_MAX)
-    throw new TsvisorError(`the command line is too long: ${cmdBytes.byteLength} bytes, tsvisor passes at most ${CMDLINE_MAX - 1} to a multiboot image`, 2, 'shorten --append');
-  mem.slice(CMDLINE_ADDR, cmdBytes.byteLength + 1)!.set([...cmdBytes, 0]);
-  const loaderName = new TextEncoder().encode('tsvisor\0');
+  if (end > lowRamEnd) throw new TsvisorError(`${name} needs ${Math.ceil(end / MiB)} MiB of RAM`, 2, 'raise --mem');
+
+  // Module 0 on the first page boundary after the image (bss included), as QEMU
+  // places it; never below 1 MiB, where the information and strings go.
+  let module: { start: number; end: number } | undefined;
+  if (boot.module) {
+    const start = Math.max(HIGH_MEMORY, Math.ceil(end / PAGE_SIZE) * PAGE_SIZE);
+    const modEnd = start + boot.module.data.byteLength;
+    if (modEnd > lowRamEnd)
+      throw new TsvisorError(`${name} and the initrd (module 0) need ${Math.ceil(modEnd / MiB)} MiB of RAM below ${PCI_HOLE_START / MiB} MiB`, 2, 'raise --mem');
+    // Guest RAM is split into views of at most 2 GiB; a module must lie in one.
+    if (!mem.write(start, boot.module.data))
+      throw new TsvisorError(`the initrd (module 0, ${boot.module.data.byteLength} bytes at 0x${start.toString(16)}) crosses a 2 GiB boundary of guest RAM`, 2, 'use a smaller initrd');
+    module = { start, end: modEnd };
+  }
+
+  // Strings: the command line, then the module's string, in the command-line area.
+  const enc = new TextEncoder();
+  const cmdline = `${boot.kernelName} ${boot.cmdline}`;
+  const cmdBytes = enc.encode(cmdline);
+  const modName = boot.module ? enc.encode(boot.module.name) : new Uint8Array(0);
+  if (cmdBytes.byteLength + 1 + (boot.module ? modName.byteLength + 1 : 0) > CMDLINE_MAX)
+    throw new TsvisorError(`the multiboot command line is too long: ${cmdBytes.byteLength} bytes (the kernel's name, a space, --append), tsvisor passes at most ${CMDLINE_MAX - 1 - (boot.module ? modName.byteLength + 1 : 0)}`, 2, 'shorten --append');
+  mem.write(CMDLINE_ADDR, cmdBytes);
+  mem.writeU8(CMDLINE_ADDR + cmdBytes.byteLength, 0);
+  const modNameAddr = CMDLINE_ADDR + cmdBytes.byteLength + 1;
+  if (boot.module) {
+    mem.write(modNameAddr, modName);
+    mem.writeU8(modNameAddr + modName.byteLength, 0);
+  }
+
+  // The information structure, then the memory map, the module list and the loader's name.
   const map = e820Map(memBytes);
   const info = MULTIBOOT_INFO_ADDR;
   const mmapAddr = info + 0x80;
-  const nameAddr = mmapAddr + map.length * 24;
+  const modsAddr = mmapAddr + map.length * MMAP_ENTRY;
+  const nameAddr = modsAddr + MOD_ENTRY;
   mem.slice(info, 0x80)!.fill(0);
-  mem.writeU32(info, MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME);
-  mem.writeU32(info + 4, 640);
-  mem.writeU32(info + 8, Math.floor((lowRamEnd - HIGH_MEMORY) / 1024));
-  mem.writeU32(info + 16, CMDLINE_ADDR);
-  mem.writeU32(info + 44, map.length * 24);
-  mem.writeU32(info + 48, mmapAddr);
-  mem.writeU32(info + 64, nameAddr);
+  mem.writeU32(info + MBI.flags, MBI_MEMORY | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_LOADER_NAME);
+  mem.writeU32(info + MBI.memLower, 640);
+  // KiB from 1 MiB to the end of RAM below the PCI hole (QEMU: below-4G RAM - 1 MiB).
+  mem.writeU32(info + MBI.memUpper, Math.floor((lowRamEnd - HIGH_MEMORY) / 1024));
+  mem.writeU32(info + MBI.cmdline, CMDLINE_ADDR);
+  mem.writeU32(info + MBI.modsCount, module ? 1 : 0);
+  mem.writeU32(info + MBI.modsAddr, modsAddr);
+  mem.writeU32(info + MBI.mmapLength, map.length * MMAP_ENTRY);
+  mem.writeU32(info + MBI.mmapAddr, mmapAddr);
+  mem.writeU32(info + MBI.bootLoaderName, nameAddr);
   map.forEach((e, i) => {
-    const o = mmapAddr + i * 24;
-    mem.writeU32(o, 20); // size of the entry, not counting this field
+    const o = mmapAddr + i * MMAP_ENTRY;
+    mem.writeU32(o, MMAP_ENTRY - 4); // size of the entry, not counting this field
     mem.writeU64(o + 4, BigInt(e.addr));
     mem.writeU64(o + 12, BigInt(e.size));
     mem.writeU32(o + 20, e.type);
   });
-  mem.write(nameAddr, loaderName);
-  if (end > lowRamEnd) throw new TsvisorError(`${name} needs ${Math.ceil(end / MiB)} MiB of RAM`, 2, 'raise --mem');
+  mem.slice(modsAddr, MOD_ENTRY)!.fill(0);
+  if (module) {
+    mem.writeU32(modsAddr, module.start);
+    mem.writeU32(modsAddr + 4, module.end);
+    mem.writeU32(modsAddr + 8, modNameAddr);
+  }
+  mem.write(nameAddr, enc.encode('tsvisor\0'));
   const cpu = protectedModeState(mem, entry, MULTIBOOT_BOOTLOADER_MAGIC, info);
-  return { ...cpu, entry, end };
+  return { ...cpu, entry, end, cmdline, module };
 }

@@ -18,15 +18,24 @@ export class I8042 implements PioDevice {
   }
 }
 
-/** isa-debug-exit at 0xf4 (QEMU's convention): a write ends the run with status (value << 1) | 1. */
+/** Where isa-debug-exit sits: kvm-unit-tests' x86/run gives QEMU iobase=0xf4,iosize=4 and its exit() does outl to 0xf4. */
+export const DEBUG_EXIT_PORT = 0xf4;
+export const DEBUG_EXIT_IOSIZE = 4;
+
+/**
+ * isa-debug-exit (QEMU's convention): a write of any width to any of its ports
+ * ends the run with status (value << 1) | 1; `code` is the value as written
+ * (the access width's bits), the status keeps its low 8 bits as exit(3) does.
+ */
 export class DebugExit implements PioDevice {
   readonly name = 'debug-exit';
   constructor(private readonly onEvent: (e: MachineEvent) => void) {}
   pioRead(): number {
     return 0xffffffff;
   }
-  pioWrite(_port: number, _size: number, value: number): void {
-    this.onEvent({ kind: 'debug-exit', code: value & 0xff });
+  pioWrite(_port: number, size: number, value: number): void {
+    const code = size === 1 ? value & 0xff : size === 2 ? value & 0xffff : value >>> 0;
+    this.onEvent({ kind: 'debug-exit', code });
   }
 }
 

@@ -3,6 +3,7 @@
 import type { SerialShared } from '../devices/serial.js';
 import type { HostKind } from '../kvm/system.js';
 import type { VcpuDeviceSpec } from '../devices/virtio/vcpu-devices.js';
+import type { FwCfgItem } from '../devices/fw-cfg.js';
 
 export interface VcpuWorkerData {
   vcpuFd: number;
@@ -22,6 +23,8 @@ export interface VcpuWorkerData {
    * needed on kvm_pvm, which leaves them half done; tests may force it on hardware KVM.
    */
   syscallCompletion?: boolean;
+  /** fw_cfg's items (src/devices/fw-cfg.ts), built by the main thread; the worker answers ports 0x510-0x511 with them. */
+  fwCfg?: FwCfgItem[];
 }
 
 // Control words (Int32Array over `control`).

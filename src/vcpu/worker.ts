@@ -9,7 +9,8 @@ import { VmHandle } from '../kvm/vm.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { MmioBus, PioBus } from '../bus/io-bus.js';
 import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
-import { DebugExit, I8042, Sink, type MachineEvent } from '../devices/platform.js';
+import { DebugExit, DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, I8042, Sink, type MachineEvent } from '../devices/platform.js';
+import { FwCfg, FW_CFG_PORT_SEL } from '../devices/fw-cfg.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { SyscallCompletion } from './syscall-completion.js';
@@ -45,8 +46,10 @@ pio.register(serial, COM1_BASE, 8);
 const i8042 = new I8042(onEvent);
 pio.register(i8042, 0x60, 1);
 pio.register(i8042, 0x64, 1);
-pio.register(new DebugExit(onEvent), 0xf4, 1);
+pio.register(new DebugExit(onEvent), DEBUG_EXIT_PORT, DEBUG_EXIT_IOSIZE);
 pio.register(new Sink('post'), 0x80, 1);
+// fw_cfg: the selector and data ports.
+if (data.fwCfg) pio.register(new FwCfg(data.fwCfg), FW_CFG_PORT_SEL, 2);
 // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
 createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm, vm });
 

@@ -1,8 +1,11 @@
 // PCI bus 0 behind a host bridge, reached through configuration mechanism #1
 // (PCI Local Bus 3.0 §3.2.2.3.2): a dword address latch at 0xCF8 (bit 31
 // enable, bus 23:16, device 15:11, function 10:8, register 7:2) and the data
-// window 0xCFC-0xCFF, byte/word/dword at any offset. Configuration reads of
-// absent functions return all-ones.
+// window 0xCFC-0xCFF, byte/word/dword at any offset. As on QEMU's i440FX, the
+// latch's low two bits are kept and ORed with the data port's byte lane: Linux
+// latches the dword and picks the byte by port, kvm-unit-tests latches the
+// byte's own offset and always uses 0xCFC. Configuration reads of absent
+// functions return all-ones.
 //
 // tsvisor plays firmware: it assigns every BAR at plug-in (memory from
 // PCI_MMIO_START, I/O from 0xc000, naturally aligned) and enables decoding,
@@ -121,7 +124,7 @@ export class PciBus implements PioDevice {
     this.configWrite(this.address, port - PCI_CONFIG_DATA, size, value);
   }
 
-  /** A config read through address latch value `addr` at byte `lane` (0-3) of the data window. */
+  /** A config read through address latch value `addr` at byte `lane` (0-3) of the data window: register (addr & 0xff) | lane. */
   configRead(addr: number, lane: number, size: number): number {
     const dev = this.target(addr);
     const all = size === 4 ? 0xffffffff : size === 2 ? 0xffff : 0xff;
@@ -129,7 +132,7 @@ export class PciBus implements PioDevice {
       this.unclaimed++;
       return all;
     }
-    const off = (addr & 0xfc) + lane;
+    const off = (addr & 0xff) | lane;
     if (off + size > 256) return all;
     return dev.configRead(off, size);
   }
@@ -140,7 +143,7 @@ export class PciBus implements PioDevice {
       this.unclaimed++;
       return;
     }
-    const off = (addr & 0xfc) + lane;
+    const off = (addr & 0xff) | lane;
     if (off + size > 256) return;
     dev.configWrite(off, size, value);
   }

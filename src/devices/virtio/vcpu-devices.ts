@@ -5,11 +5,15 @@
 // A device kind maps to a factory of its `VirtioDeviceVcpuSide`. The
 // 'virtio-net-stub' kind is a network device with two queues and a MAC and no
 // data path: enough for a guest to enumerate and probe it (bring-up, tests).
+// PCI functions that are not virtio (pci-testdev) have factories of their own
+// (`plainPciFactories`) and get no transport.
 import type { MmioBus, PioBus } from '../../bus/io-bus.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { VmHandle } from '../../kvm/vm.js';
 import { DoorbellRinger } from '../../loop/bottom-half.js';
 import { PciBus } from '../pci/pci-bus.js';
+import type { PciDevice } from '../pci/config-space.js';
+import { PciTestdev } from '../pci-testdev.js';
 import { TransportState, type IrqSink, type VirtioDeviceVcpuSide } from './transport-state.js';
 import { VirtioPciDevice } from './virtio-pci.js';
 import { pcGsiRoutes } from '../../firmware/mptable.js';
@@ -20,8 +24,8 @@ export interface VcpuDeviceSpec {
   kind: string;
   /** PCI slot on bus 0 (1-31); fixes its INTx GSI (pciIntxGsi) and its place in the MP table. */
   pciSlot: number;
-  /** The device's TransportState buffer (createTransportState). */
-  sharedState: SharedArrayBuffer;
+  /** The device's TransportState buffer (createTransportState); virtio devices only. */
+  sharedState?: SharedArrayBuffer;
   /**
    * eventfds of main-loop doorbells. 'reset': the transport rings it when the
    * driver resets the device (the main thread then resets its queues and
@@ -66,6 +70,11 @@ const factories = new Map<string, VcpuDeviceFactory>([
   }],
 ]);
 
+/** PCI functions without a virtio transport, built from their spec alone. */
+const plainPciFactories = new Map<string, (spec: VcpuDeviceSpec, ctx: VcpuDeviceContext) => PciDevice>([
+  ['pci-testdev', (spec, ctx) => PciTestdev.fromSpec(spec, ctx)],
+]);
+
 export function registerVcpuDeviceKind(kind: string, factory: VcpuDeviceFactory): void {
   factories.set(kind, factory);
 }
@@ -76,8 +85,14 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
   bus.register();
   const devices: VirtioPciDevice[] = [];
   for (const spec of specs) {
+    const plain = plainPciFactories.get(spec.kind);
+    if (plain) {
+      bus.plug(plain(spec, ctx), spec.pciSlot);
+      continue;
+    }
     const factory = factories.get(spec.kind);
     if (!factory) throw new Error(`no vCPU-side factory for device kind '${spec.kind}'`);
+    if (!spec.sharedState) throw new Error(`virtio device kind '${spec.kind}' has no sharedState`);
     const state = new TransportState(spec.sharedState);
     const device = factory(spec, state, ctx);
     const fd = spec.doorbellFds.reset;

@@ -1,0 +1,36 @@
+// kvm-unit-tests' x86 tests under tsvisor (issue 13): the CI list
+// (scripts/kvm-unit-tests/suite.ts CI_TESTS) run as the suite's run_tests.sh
+// runs them, each judged by the suite's rules (the debug-exit status
+// (code << 1) | 1: 1 is PASS). The suite is built once from
+// ../shared/third-party/kvm-unit-tests-*.tar.gz into the tsvisor cache;
+// without the tarball the test skips, or fails under TSVISOR_REQUIRE_KVM=1.
+// The same runner: npm run kvm-unit-tests -- [--vmm qemu] [TEST...].
+import { kvmTestSerial } from './helpers/kvm.js';
+import { CI_TESTS, ensureSuite, readCfg, resolve, suiteMissing } from '../scripts/kvm-unit-tests/suite.js';
+import { lastLines, resultLine, runTest, vmexitFigures, type Result } from '../scripts/kvm-unit-tests/run.js';
+
+/** Seconds per test at most (the cfg's own timeout when shorter): each takes seconds when it works. */
+const TIMEOUT_S = Number(process.env.TSVISOR_KUT_TIMEOUT ?? 60);
+
+kvmTestSerial('kvm-unit-tests: the CI list passes under tsvisor', async (t) => {
+  // A first build (≈ 1 min on 2 cores, much longer in the hardware-KVM lane's emulated CPU) plus every test at its timeout.
+  t.timeout(40 * 60_000 + CI_TESTS.length * (TIMEOUT_S + 30) * 1000);
+  const dir = await ensureSuite((s) => t.log(`build: ${s}`));
+  const cfg = readCfg(dir);
+  const results: Result[] = [];
+  for (const spec of CI_TESTS) {
+    const test = resolve(cfg, spec);
+    const r = await runTest('tsvisor', dir, test, { timeoutS: Math.min(test.timeoutS, TIMEOUT_S) });
+    results.push(r);
+    t.log(`${resultLine(r)} in ${(r.ms / 1000).toFixed(1)} s`);
+    if (test.file.endsWith('/vmexit.flat')) {
+      const figs = vmexitFigures(r.stdout);
+      t.log(figs.length ? `  ${r.name} cycles per exit: ${figs.map((f) => `${f.test} ${f.cycles}`).join(', ')}` : `  ${r.name}: no cycle figures printed`);
+    }
+    if (r.verdict !== 'PASS') for (const l of lastLines(`${r.stdout}\n${r.stderr}`, 8)) t.log(`  | ${l}`);
+  }
+  t.deepEqual(
+    Object.fromEntries(results.map((r) => [r.name, r.verdict])),
+    Object.fromEntries(CI_TESTS.map((s) => [s.name, 'PASS'])),
+  );
+}, () => suiteMissing());
