@@ -98,6 +98,21 @@ trap 'rm -rf "$run"' EXIT
 say "booting a TCG VM with kvm_amd ($smp vCPUs, $mem; about 10 s) to run: $*"
 log=warn
 [ "${NESTED_VERBOSE:-0}" = 1 ] && log=info
+# The lane's own kernel can lock up inside KVM_RUN under QEMU's emulated SVM
+# (seen: "watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [vcpu0]", then
+# never again a line): stop the VM at the first such line instead of waiting
+# for --timeout; scripts/test.js runs a lane that died once more.
+watch_console() {
+  local line
+  while IFS= read -r line; do
+    printf '%s\n' "$line"
+    case "$line" in
+      *"watchdog: BUG: soft lockup - CPU#"*)
+        say "the lane's kernel locked up (a kvm_amd/TCG fault, not a test's): stopping the VM"
+        pkill -f "lane.run=$run" ;;
+    esac
+  done
+}
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem" -no-reboot -nodefaults -display none \
@@ -105,8 +120,8 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -append "console=ttyS0 panic=-1 quiet loglevel=$([ $log = info ] && echo 6 || echo 3) lane.run=$run" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$run",mount_tag=lanerun,security_model=none \
-  -serial stdio -monitor none </dev/null
-qemu=$?
+  -serial stdio -monitor none </dev/null 2>&1 | watch_console
+qemu=${PIPESTATUS[0]}
 set -e
 if [ -f "$run/status" ]; then
   status=$(cat "$run/status")
