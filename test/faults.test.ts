@@ -103,7 +103,8 @@ function startTsvisor(t: ExecutionContext, args: string[], ns?: NetNamespace, op
     stdout: () => out,
     stderr: () => err,
     async waitFor(re, where = 'stdout') {
-      for (let i = 0; i < 600 && !done; i++) {
+      // Up to 5 minutes: in the hardware-KVM lane Node and the host side run under TCG.
+      for (let i = 0; i < 3000 && !done; i++) {
         if (re.test(where === 'stdout' ? out : err)) return;
         await sleep(100);
       }
