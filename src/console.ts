@@ -64,7 +64,7 @@ export class GuestConsole extends EventEmitter {
         if (!this.waiters.has(w)) return;
         this.waiters.delete(w);
         if (timer) clearTimeout(timer);
-        reject(new TsvisorError(`console never printed ${re} (${reason})`));
+        reject(new TsvisorError(`console never printed ${re} (${reason}); its last line: ${JSON.stringify(this.lastLine())}`));
       };
       if (opts.timeoutMs !== undefined) {
         timer = setTimeout(() => onEnd(`timed out after ${opts.timeoutMs} ms`), opts.timeoutMs);
@@ -73,6 +73,12 @@ export class GuestConsole extends EventEmitter {
       this.waiters.add(w);
       w.check();
     });
+  }
+
+  /** The last non-empty line the guest printed, where a failed wait says the guest was. */
+  lastLine(): string {
+    const lines = this.history.slice(-4096).split(/\r?\n/).filter((l) => l.trim() !== '');
+    return lines.at(-1)?.slice(0, 200) ?? '';
   }
 
   /** Main thread: the run is over; pending waits fail. */

@@ -74,7 +74,11 @@ async function bootAndCheck(t: ExecutionContext, c: BootChecks): Promise<void> {
   const cmdline = ['console=ttyS0 panic=-1', sandboxIpParam(), `netconsole=@${SANDBOX_GUEST_IP}/eth0,${NETCONSOLE_PORT}@${SANDBOX_HOST_IP}/`, ...c.params];
   const vm = await Vm.boot({ kernel: guest.kernel, initrd: guest.initrd, cmdline: cmdline.join(' '), memMiB: 256, net: { tap: net.tap }, timeoutMs: BOOT_TIMEOUT_MS, command: GUEST_CHECKS });
   t.teardown(() => vm.stop());
-  const waitLine = (re: RegExp) => vm.console.waitFor(re, { fromStart: true, timeoutMs: BOOT_TIMEOUT_MS });
+  // A boot that stops short shows where: the console's last lines go to the test's log.
+  const waitLine = (re: RegExp) => vm.console.waitFor(re, { fromStart: true, timeoutMs: BOOT_TIMEOUT_MS }).catch((e: unknown) => {
+    t.log(`console, last 40 lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
+    throw e;
+  });
 
   const version = await waitLine(/Linux version (\S+)/);
   await waitLine(/serial8250: ttyS0 at I\/O 0x3f8 \(irq = 4/);

@@ -75,6 +75,12 @@ export function qemuMissing(): string | null {
 /** QEMU's -cpu: host, or host,-arch-capabilities once QEMU refused MSR 0x10a (IA32_ARCH_CAPABILITIES). */
 let qemuCpu = process.env.TSVISOR_KUT_QEMU_CPU || 'host';
 
+/** A cfg's own `-cpu MODEL` gets the same IA32_ARCH_CAPABILITIES fix as ours once QEMU needed it. */
+function withQemuCpuFix(params: string[]): string[] {
+  if (qemuCpu === 'host') return params;
+  return params.map((p, i) => (params[i - 1] === '-cpu' ? `${p},-arch-capabilities` : p));
+}
+
 /** The command line for one test. `ignored`: cfg parameters this VMM does not take. */
 export function vmmArgv(vmm: Vmm, suiteDir: string, t: CfgTest, timeoutS: number): { argv: string[]; ignored: string[] } {
   const args = shellWords(t.testArgs, suiteDir).join(' ');
@@ -95,7 +101,7 @@ export function vmmArgv(vmm: Vmm, suiteDir: string, t: CfgTest, timeoutS: number
     argv: [QEMU, '--no-reboot', '-nodefaults', '-global', 'kvm-pit.lost_tick_policy=discard',
       '-device', 'pc-testdev', '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4', '-display', 'none', '-serial', 'stdio',
       ...(qemuHasDevice('pci-testdev') ? ['-device', 'pci-testdev'] : []), '-machine', 'accel=kvm', '-cpu', qemuCpu, '-m', String(MEM_MIB),
-      '-kernel', kernel, '-smp', String(t.smp), ...(args ? ['-append', args] : []), ...shellWords(t.qemuParams, suiteDir)],
+      '-kernel', kernel, '-smp', String(t.smp), ...(args ? ['-append', args] : []), ...withQemuCpuFix(shellWords(t.qemuParams, suiteDir))],
     ignored: [],
   };
 }
@@ -217,7 +223,7 @@ export async function runTest(vmm: Vmm, suiteDir: string, t: CfgTest & { note?: 
     for (const i of ignored) o.onInfo?.(`not given to ${vmm}: ${i}`);
     // tsvisor ends itself at --timeout (status 124); the kill is a backstop.
     const r = await spawnRun(argv, vmm === 'tsvisor' ? timeoutS + 30 : timeoutS, o.onOutput);
-    if (vmm === 'qemu' && attempt === 0 && qemuCpu === 'host' && !r.stdout && /0x10a|arch.capabilities/i.test(r.stderr)) {
+    if (vmm === 'qemu' && attempt === 0 && qemuCpu === 'host' && /failed to set MSR 0x10a/i.test(r.stderr)) {
       o.onInfo?.('QEMU refused MSR 0x10a (IA32_ARCH_CAPABILITIES): running with -cpu host,-arch-capabilities from now on');
       qemuCpu = 'host,-arch-capabilities';
       continue;
