@@ -1,8 +1,12 @@
 import test from 'ava';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import {
+  ChainReader,
+  ChainWriter,
   DescriptorChain,
+  UsedRingFlags,
   Virtqueue,
+  copyToChains,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
@@ -27,7 +31,7 @@ function setup(size = 16, opts: { eventIdx?: boolean } = {}) {
 
 function segments(c: DescriptorChain) {
   const out = [];
-  for (let i = 0; i < c.length; i++) out.push({ gpa: c.gpa[i], len: c.len[i], write: c.writable[i] === 1 });
+  for (let i = 0; i < c.length; i++) out.push({ gpa: c.gpa[i], len: c.len[i], write: i >= c.readableSegments });
   return out;
 }
 
@@ -40,18 +44,6 @@ test('legacy layout matches vring_init / vring_size', (t) => {
   t.is(legacyVringLayout(0x12345678, 8).desc, 0x12345678 * 4096);
 });
 
-test('setLegacyPfn activates the legacy layout; pfn 0 resets', (t) => {
-  const mem = GuestMemory.fake(RAM);
-  const q = new Virtqueue(mem, 64);
-  t.true(q.setLegacyPfn(4));
-  t.true(q.ready);
-  t.is(q.descGpa, 4 * 4096);
-  t.is(q.usedGpa, legacyVringLayout(4, 64).used);
-  t.true(q.setLegacyPfn(0));
-  t.false(q.ready);
-  t.is(q.descGpa, 0);
-});
-
 test('direct chain: readable then writable segments, push publishes used elem and idx', (t) => {
   const { drv, q, chain } = setup();
   const head = drv.addChain([
@@ -59,10 +51,9 @@ test('direct chain: readable then writable segments, push publishes used elem an
     { gpa: 0x20000, len: 1500 },
     { gpa: 0x30000, len: 2048, write: true },
   ]);
-  t.true(q.isEmpty());
+  t.is(q.availCount(), 0);
   drv.kick();
   t.is(q.availCount(), 1);
-  t.false(q.isEmpty());
   t.true(q.pop(chain));
   t.is(chain.head, head);
   t.deepEqual(segments(chain), [
@@ -75,14 +66,14 @@ test('direct chain: readable then writable segments, push publishes used elem an
   t.is(chain.readableBytes, 1512);
   t.is(chain.writableBytes, 2048);
   t.false(q.pop(chain), 'queue drained');
-  t.true(q.isEmpty());
+  t.is(q.availCount(), 0);
   q.push(head, 100);
   t.is(drv.usedIdx(), 1);
   t.deepEqual(drv.takeUsed(), [{ id: head, len: 100 }]);
   t.false(q.broken);
 });
 
-test('several chains pop in avail order; pushMany publishes once', (t) => {
+test('several chains pop in avail order; fill + one flush publishes them at once', (t) => {
   const { drv, q, chain } = setup(8);
   const heads = [
     drv.addChain([{ gpa: 0x10000, len: 10 }]),
@@ -94,7 +85,8 @@ test('several chains pop in avail order; pushMany publishes once', (t) => {
   const got: number[] = [];
   while (q.pop(chain)) got.push(chain.head);
   t.deepEqual(got, heads);
-  q.pushMany(Uint16Array.from(got), Uint32Array.from([1, 2, 3]), 3);
+  got.forEach((head, k) => q.fill(head, k + 1, k));
+  q.flush(3);
   t.is(drv.usedIdx(), 3);
   t.deepEqual(drv.takeUsed(), [
     { id: heads[0], len: 1 },
@@ -308,19 +300,18 @@ test('enableNotificationAndCheck closes the race without EVENT_IDX', (t) => {
   t.false(q.enableNotificationAndCheck());
 });
 
-test('unpop rewinds: the same chain pops again; copyFrom parks a chain', (t) => {
+test('unpop rewinds: the same chain pops again', (t) => {
   const { drv, q, chain } = setup();
   const a = drv.addChain([{ gpa: 0x10000, len: 8 }, { gpa: 0x11000, len: 9, write: true }]);
   const b = drv.addChain([{ gpa: 0x12000, len: 10 }]);
   drv.kick();
   t.true(q.pop(chain));
-  const parked = new DescriptorChain(4);
-  parked.copyFrom(chain);
+  const parked = segments(chain);
   q.unpop();
   t.true(q.pop(chain));
   t.is(chain.head, a);
-  t.deepEqual(segments(chain), segments(parked));
-  t.is(parked.readableBytes, 8);
+  t.deepEqual(segments(chain), parked);
+  t.is(chain.readableBytes, 8);
   t.true(q.pop(chain));
   t.is(chain.head, b);
   t.false(q.pop(chain));
@@ -566,7 +557,63 @@ test('not ready: pop, push and notifications do nothing', (t) => {
   q.push(0, 0);
   t.false(q.needsNotification());
   t.false(q.enableNotificationAndCheck());
-  t.true(q.isEmpty());
   t.is(q.availCount(), 0);
   t.false(q.broken);
+});
+
+test('ChainReader and ChainWriter address the readable and writable streams across segments', (t) => {
+  const { mem, drv, q, chain } = setup();
+  mem.write(0x10000, Uint8Array.from([1, 2, 3]));
+  mem.write(0x11000, Uint8Array.from([4, 5]));
+  drv.addChain([{ gpa: 0x10000, len: 3 }, { gpa: 0x11000, len: 2 }, { gpa: 0x20000, len: 1, write: true }, { gpa: 0x21000, len: 4, write: true }]);
+  drv.kick();
+  t.true(q.pop(chain));
+  const r = new ChainReader(mem).bind(chain);
+  t.deepEqual([0, 1, 2, 3, 4, 5].map((o) => r.byteAt(o)), [1, 2, 3, 4, 5, -1]);
+  const buf = new Uint8Array(4);
+  t.is(r.copyTo(buf), 4);
+  t.deepEqual([...buf], [1, 2, 3, 4]);
+  const w = new ChainWriter(mem).bind(chain);
+  // A u16 straddling the 1-byte and the 4-byte writable segments.
+  t.true(w.writeU16(0, 0xbbaa));
+  t.is(mem.readU8(0x20000), 0xaa);
+  t.is(mem.readU8(0x21000), 0xbb);
+  t.is(w.byteAt(1), 0xbb);
+  t.true(w.writeU8(4, 9));
+  t.false(w.writeU8(5, 9), 'past the writable stream');
+  t.is(w.byteAt(5), -1);
+  t.is(mem.readU8(0x11000), 4, 'readable segments untouched');
+});
+
+test('copyToChains fills each chain\'s writable stream in turn and reports what fitted', (t) => {
+  const { mem, drv, q } = setup();
+  drv.addChain([{ gpa: 0x10000, len: 2, write: true }, { gpa: 0x11000, len: 1, write: true }]);
+  drv.addChain([{ gpa: 0x12000, len: 1 }, { gpa: 0x13000, len: 4, write: true }]);
+  drv.kick();
+  const a = new DescriptorChain();
+  const b = new DescriptorChain();
+  t.true(q.pop(a));
+  t.true(q.pop(b));
+  t.is(copyToChains(mem, [a, b], 2, Uint8Array.from([1, 2, 3, 4, 5])), 5);
+  t.deepEqual([...mem.read(0x10000, 2)!, ...mem.read(0x11000, 1)!, ...mem.read(0x13000, 2)!], [1, 2, 3, 4, 5]);
+  t.is(mem.readU8(0x12000), 0, 'the readable segment is skipped');
+  t.is(copyToChains(mem, [a, b], 2, new Uint8Array(9)), 7, 'room ran out');
+});
+
+test('UsedRingFlags: one writer API for used->flags; the vCPU side and the Virtqueue see the same word', (t) => {
+  const { mem, drv, q } = setup();
+  const vcpuSide = new UsedRingFlags();
+  t.false(vcpuSide.bind(mem, drv.used + 1), 'misaligned');
+  t.false(vcpuSide.bind(mem, RAM), 'outside RAM');
+  t.false(vcpuSide.bound);
+  vcpuSide.suppressKicks(true); // unbound: nothing
+  t.true(vcpuSide.bind(mem, drv.used));
+  vcpuSide.suppressKicks(true);
+  t.is(mem.readU16(drv.used), VRING_USED_F_NO_NOTIFY);
+  q.setNotification(true);
+  t.is(mem.readU16(drv.used), 0, 'the main thread clears what the vCPU thread set');
+  q.setNotification(false);
+  t.is(mem.readU16(drv.used), VRING_USED_F_NO_NOTIFY);
+  vcpuSide.suppressKicks(false);
+  t.is(mem.readU16(drv.used), 0);
 });

@@ -12,7 +12,7 @@
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { TransportState, VirtioDeviceVcpuSide } from '../virtio/transport-state.js';
 import { VIRTIO_CONFIG_S_DRIVER_OK } from '../virtio/transport-state.js';
-import { VIRTIO_RING_F_EVENT_IDX, VRING_USED_F_NO_NOTIFY } from '../virtio/virtqueue.js';
+import { UsedRingFlags, VIRTIO_RING_F_EVENT_IDX } from '../virtio/virtqueue.js';
 import { validateFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
 import {
   NET_CTR_CTRL_KICKS,
@@ -60,6 +60,9 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
   private readonly counters: Float64Array;
   private readonly queueSizes: number[];
   private state: TransportState | null = null;
+  /** The TX used ring's flags word, rebound when the TX queue's generation moves (never per exit). */
+  private readonly txUsedFlags = new UsedRingFlags();
+  private txUsedGeneration = -1;
 
   constructor(
     private readonly memory: GuestMemory,
@@ -125,11 +128,16 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
     }
     const s = this.state;
     if (s !== null && s.queueEnabled(VIRTIO_NET_TX_QUEUE) && !s.hasDriverFeature(VIRTIO_RING_F_EVENT_IDX)) {
-      // used->flags = NO_NOTIFY. The main thread's Virtqueue writes the same word; the
-      // tx_waiting hand-off orders us: its BH clears tx_waiting before it flushes and
-      // always ends by re-enabling kicks (or rescheduling itself), so a NO_NOTIFY
-      // written here is always followed by a BH run that clears it.
-      this.memory.writeU16(s.queueUsed(VIRTIO_NET_TX_QUEUE), VRING_USED_F_NO_NOTIFY);
+      // used->flags = NO_NOTIFY. The main thread's Virtqueue writes the same word through
+      // the same UsedRingFlags; the tx_waiting hand-off orders us: its BH clears
+      // tx_waiting before it flushes and always ends by re-enabling kicks (or rescheduling
+      // itself), so a NO_NOTIFY written here is always followed by a BH run that clears it.
+      const gen = s.queueGeneration(VIRTIO_NET_TX_QUEUE);
+      if (gen !== this.txUsedGeneration) {
+        this.txUsedGeneration = gen;
+        this.txUsedFlags.bind(this.memory, s.queueUsed(VIRTIO_NET_TX_QUEUE));
+      }
+      this.txUsedFlags.suppressKicks(true);
     }
     this.rings.tx.ring();
   }

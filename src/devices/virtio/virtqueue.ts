@@ -25,6 +25,9 @@
 // - ring entries and descriptors are plain loads/stores, ordered by the above.
 
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { DescriptorChain } from './descriptor-chain.js';
+
+export { DescriptorChain, ChainReader, ChainWriter, copyToChains } from './descriptor-chain.js';
 
 // virtq_desc.flags
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -82,58 +85,45 @@ export function legacyVringSize(size: number, align = VIRTIO_PCI_VRING_ALIGN): n
 }
 
 /**
- * One popped element: the head index and its buffers as scatter-gather
- * segments, readable ones first. Preallocated and refilled by every pop, so a
- * device keeps one (or a few, for parked elements) and never allocates.
+ * used->flags of one split ring, which holds one bit: VRING_USED_F_NO_NOTIFY,
+ * the device's "do not kick me" (virtio 1.2 §2.7.10). Without EVENT_IDX it
+ * is how kicks are suppressed, and two threads write it for the TX queue: the
+ * vCPU thread on the exit path (handle_tx suppresses kicks before it rings
+ * the TX bottom half) and the main thread's Virtqueue (around a flush). Both
+ * write through this class, so there is one rule: the whole word is stored
+ * with Atomics.store (a full fence on x86-64, see the ordering notes above),
+ * and no thread keeps a cached copy another could contradict.
  */
-export class DescriptorChain {
-  static readonly MAX_SEGMENTS = 1024;
+export class UsedRingFlags {
+  private word: Uint16Array = EMPTY_U16;
 
-  /** Head descriptor index, the id to hand back in push(). */
-  head = 0;
-  /** Number of valid segments. */
-  length = 0;
-  /** Segments [0, readableSegments) are device-readable, the rest device-writable. */
-  readableSegments = 0;
-  readableBytes = 0;
-  writableBytes = 0;
-  /** Guest physical address of each segment (checked to be RAM). */
-  readonly gpa: Float64Array;
-  readonly len: Uint32Array;
-  /** 1 when the device may write the segment. */
-  readonly writable: Uint8Array;
-
-  constructor(readonly capacity = DescriptorChain.MAX_SEGMENTS) {
-    this.gpa = new Float64Array(capacity);
-    this.len = new Uint32Array(capacity);
-    this.writable = new Uint8Array(capacity);
-  }
-
-  get writableSegments(): number {
-    return this.length - this.readableSegments;
-  }
-
-  clear(): void {
-    this.head = 0;
-    this.length = 0;
-    this.readableSegments = 0;
-    this.readableBytes = 0;
-    this.writableBytes = 0;
-  }
-
-  /** Copies another chain (to park an element while the reusable one moves on). */
-  copyFrom(other: DescriptorChain): void {
-    const n = Math.min(other.length, this.capacity);
-    this.head = other.head;
-    this.length = n;
-    this.readableSegments = Math.min(other.readableSegments, n);
-    this.readableBytes = other.readableBytes;
-    this.writableBytes = other.writableBytes;
-    for (let i = 0; i < n; i++) {
-      this.gpa[i] = other.gpa[i];
-      this.len[i] = other.len[i];
-      this.writable[i] = other.writable[i];
+  /** Binds to the used ring at `usedGpa`; false (and unbound) when it is not 2-aligned RAM. */
+  bind(memory: GuestMemory, usedGpa: number): boolean {
+    const b = usedGpa % 2 === 0 ? memory.slice(usedGpa, 2) : null;
+    if (b === null || b.byteOffset % 2 !== 0) {
+      this.word = EMPTY_U16;
+      return false;
     }
+    this.word = new Uint16Array(b.buffer, b.byteOffset, 1);
+    return true;
+  }
+
+  /** Binds to an existing view whose element 0 is used->flags (the Virtqueue's used ring). */
+  bindView(used: Uint16Array): void {
+    this.word = used;
+  }
+
+  unbind(): void {
+    this.word = EMPTY_U16;
+  }
+
+  get bound(): boolean {
+    return this.word.length > 0;
+  }
+
+  /** Sets (true) or clears NO_NOTIFY; nothing when unbound. */
+  suppressKicks(on: boolean): void {
+    if (this.word.length > 0) Atomics.store(this.word, 0, on ? VRING_USED_F_NO_NOTIFY : 0);
   }
 }
 
@@ -178,7 +168,7 @@ export class Virtqueue {
   // The size the views were built for: `size` is the transport's register and
   // may be rewritten by a misbehaving driver; the hot paths use this copy.
   private qsize = 0;
-  private usedFlags = 0;
+  private readonly usedFlags = new UsedRingFlags();
   // Views over guest RAM built by activate(); empty until then.
   private descU32: Uint32Array = EMPTY_U32;
   private descU16: Uint16Array = EMPTY_U16;
@@ -195,25 +185,6 @@ export class Virtqueue {
 
   get ready(): boolean {
     return this.isReady;
-  }
-
-  /**
-   * Sets the legacy layout from a queue PFN (virtio 0.9.5 QUEUE_PFN register,
-   * size fixed at maxSize); pfn 0 resets the queue but keeps the negotiated
-   * eventIdx, which a legacy driver does not write again.
-   */
-  setLegacyPfn(pfn: number): boolean {
-    if (pfn === 0) {
-      const eventIdx = this.eventIdx;
-      this.reset();
-      this.eventIdx = eventIdx;
-      return true;
-    }
-    const l = legacyVringLayout(pfn, this.size);
-    this.descGpa = l.desc;
-    this.availGpa = l.avail;
-    this.usedGpa = l.used;
-    return this.activate();
   }
 
   /**
@@ -242,6 +213,7 @@ export class Virtqueue {
     this.avail = new Uint16Array(avail.buffer, avail.byteOffset, 3 + size);
     this.usedU16 = new Uint16Array(used.buffer, used.byteOffset, 3 + 4 * size);
     this.usedU32 = new Uint32Array(used.buffer, used.byteOffset, 1 + 2 * size);
+    this.usedFlags.bindView(this.usedU16);
     this.qsize = size;
     this.isReady = true;
     return true;
@@ -258,7 +230,7 @@ export class Virtqueue {
     this.signalledUsed = 0;
     this.signalledUsedValid = false;
     this.notificationEnabled = true;
-    this.usedFlags = 0;
+    this.usedFlags.unbind();
     this.broken = false;
     this.brokenReason = '';
     this.descU32 = EMPTY_U32;
@@ -293,11 +265,6 @@ export class Virtqueue {
   availCount(): number {
     if (!this.isReady || !this.refreshAvail()) return 0;
     return (this.shadowAvailIdx - this.lastAvailIdx) & 0xffff;
-  }
-
-  isEmpty(): boolean {
-    if (this.lastAvailIdx !== this.shadowAvailIdx) return !this.isReady;
-    return this.availCount() === 0;
   }
 
   /**
@@ -375,12 +342,10 @@ export class Virtqueue {
     const n = chain.length;
     if (n >= chain.capacity) return this.fail('descriptor chain has too many segments');
     if (flags & VIRTQ_DESC_F_WRITE) {
-      chain.writable[n] = 1;
       chain.writableBytes += len;
     } else {
       // §2.7.4.2: device-readable descriptors come before device-writable ones.
       if (n !== chain.readableSegments) return this.fail('readable descriptor after a writable one');
-      chain.writable[n] = 0;
       chain.readableBytes += len;
       chain.readableSegments = n + 1;
     }
@@ -425,12 +390,6 @@ export class Virtqueue {
     this.flush(1);
   }
 
-  /** Returns `count` chains at once, publishing used.idx once. */
-  pushMany(heads: ArrayLike<number>, lens: ArrayLike<number>, count: number): void {
-    for (let k = 0; k < count; k++) this.fill(heads[k], lens[k], k);
-    this.flush(count);
-  }
-
   /**
    * Whether the guest wants an interrupt for what was pushed since the last
    * call that returned true (QEMU virtio_should_notify). Call after push/flush;
@@ -464,8 +423,7 @@ export class Virtqueue {
       // use yet (virtio-net RX waiting for room), so the next publish kicks.
       if (enable) Atomics.store(this.usedU16, 2 + 4 * this.qsize, this.shadowAvailIdx);
     } else {
-      this.usedFlags = enable ? this.usedFlags & ~VRING_USED_F_NO_NOTIFY : this.usedFlags | VRING_USED_F_NO_NOTIFY;
-      Atomics.store(this.usedU16, 0, this.usedFlags);
+      this.usedFlags.suppressKicks(!enable);
     }
   }
 
