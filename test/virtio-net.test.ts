@@ -5,7 +5,7 @@ import test, { type ExecutionContext } from 'ava';
 import { DoorbellRinger } from '../src/loop/main-loop.js';
 import { VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, DescriptorChain } from '../src/devices/virtio/virtqueue.js';
-import { VirtioNet, VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_VLAN, VIRTIO_NET_ERR, VIRTIO_NET_OK, type VirtioNetOptions } from '../src/devices/net/virtio-net.js';
+import { resolveNetOptions, VirtioNet, VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_VLAN, VIRTIO_NET_ERR, VIRTIO_NET_OK, type VirtioNetOptions } from '../src/devices/net/virtio-net.js';
 import {
   VirtioNetConfig, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_S_ANNOUNCE, parseMac, formatMac, checkQueueSize, netQueueSizes, NET_WORD_TX_WAITING,
 } from '../src/devices/net/virtio-net-config.js';
@@ -87,13 +87,22 @@ test('options: MAC parsing and queue sizes are validated with the option named',
   t.deepEqual([...parseMac('52:54:00:ab:cd:ef')], [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
   t.throws(() => parseMac('52:54:00:ab:cd'), { instanceOf: TsvisorError, message: /--net mac/ });
   t.throws(() => parseMac('01:00:5e:00:00:01'), { instanceOf: TsvisorError, message: /multicast/ });
-  t.is(checkQueueSize('--net rx_queue_size', 512), 512);
+  t.is(checkQueueSize('the net option rxQueueSize', 512), 512);
   t.deepEqual(netQueueSizes({}), [256, 256, 64]);
   for (const bad of [128, 300, 2048, 0]) {
-    const e = t.throws(() => checkQueueSize('--net rx_queue_size', bad), { instanceOf: TsvisorError });
-    t.regex(e!.message, /--net rx_queue_size/);
+    const e = t.throws(() => checkQueueSize('the net option rxQueueSize', bad), { instanceOf: TsvisorError });
+    t.regex(e!.message, /rxQueueSize/);
   }
-  t.throws(() => netQueueSizes({ txQueueSize: 100 }), { message: /tx_queue_size 100/ });
+  t.throws(() => netQueueSizes({ txQueueSize: 100 }), { message: /the net option txQueueSize 100/ });
+});
+
+test('options: every refusal names an option that exists (--tx-burst, or the net option of Vm.boot)', (t) => {
+  t.throws(() => resolveNetOptions({ txBurst: 70000 }), { instanceOf: TsvisorError, message: /^--tx-burst 70000 / });
+  t.throws(() => resolveNetOptions({ rxBurst: 0 }), { instanceOf: TsvisorError, message: /^the net option rxBurst 0 / });
+  t.throws(() => resolveNetOptions({ mtu: 20 }), { instanceOf: TsvisorError, message: /^the net option mtu 20 / });
+  t.throws(() => resolveNetOptions({ rxQueueSize: 100 }), { instanceOf: TsvisorError, message: /^the net option rxQueueSize 100 / });
+  const o = resolveNetOptions({});
+  t.deepEqual([o.txBurst, o.rxBurst, o.mtu, o.queueSizes, o.mtuGiven], [256, 256, 1500, [256, 256, 64], false]);
 });
 
 // ------------------------------------------------------------ device rig

@@ -243,7 +243,7 @@ export function hostileRig(): Rig {
   const sender = new CheckedSender(state, new RecordingIrq());
   const net = new VirtioNet(loop, mem, backend, state, cfg, sender, {});
   net.guestLog = new GuestErrorLog('virtio-net', { sink });
-  const bounce = (net as unknown as { bounce: libc.NativeBuffer }).bounce;
+  const bounce = net.rxBounceBuffer;
   backend.extra.push({ address: Number(bounce.address), size: bounce.size });
   const pending = { rx: false, tx: false, ctrl: false, control: false };
   const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(offered), doorbellFds: { rx: -1, tx: -1, ctrl: -1, control: -1 } }, {

@@ -12,7 +12,8 @@ import { createTransportState, InterruptSender, TransportState, type IrqSink } f
 import type { VcpuDeviceSpec } from '../virtio/vcpu-devices.js';
 import { offeredFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
 import { VirtioNetConfig, VIRTIO_NET_NUM_QUEUES } from './virtio-net-config.js';
-import { resolveNetOptions, VirtioNet, type VirtioNetOptions } from './virtio-net.js';
+import { VirtioNet } from './virtio-net.js';
+import { resolveNetOptions, type ResolvedNetOptions, type VirtioNetOptions } from './virtio-net-options.js';
 import type { VirtioNetVcpuData } from './virtio-net-vcpu.js';
 
 export interface NetBootOptions extends VirtioNetOptions {
@@ -55,6 +56,8 @@ export class NetSetup {
   readonly backend: NetBackend;
   private readonly ownsBackend: boolean;
   private readonly vcpuData: VirtioNetVcpuData;
+  /** The options, validated once. */
+  private readonly resolved: ResolvedNetOptions;
   private device: VirtioNet | null = null;
   private irqfds: number[] = [];
   private linkTimer: NodeJS.Timeout | undefined;
@@ -62,10 +65,11 @@ export class NetSetup {
   /** Validates options and opens the TAP (TsvisorError on anything a user can fix). */
   constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number) {
     const o = resolveNetOptions(opts);
+    this.resolved = o;
     this.ownsBackend = typeof opts.tap === 'string';
     this.backend = typeof opts.tap === 'string' ? Tap.open(opts.tap) : opts.tap;
     try {
-      let offered = offeredFeatures({ backendOffloads: this.backend.supportedOffloads, mtu: opts.mtu !== undefined });
+      let offered = offeredFeatures({ backendOffloads: this.backend.supportedOffloads, mtu: o.mtuGiven });
       // The transport adds VERSION_1 on the modern interface only.
       offered -= 2 ** VIRTIO_F_VERSION_1;
       const deviceFeatures = BigInt(offered);
@@ -117,7 +121,7 @@ export class NetSetup {
   start(loop: MainLoop, memory: GuestMemory, vm: VmHandle): VirtioNet {
     const irq = this.opts.msiViaIrqfd === false ? vm : this.irqfdSink(vm);
     const sender = new InterruptSender(this.state, irq);
-    const dev = new VirtioNet(loop, memory, this.backend, this.state, this.config, sender, this.opts);
+    const dev = new VirtioNet(loop, memory, this.backend, this.state, this.config, sender, this.resolved);
     const d = dev.doorbells;
     this.vcpuData.doorbellFds = { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd };
     // The transport's reset hand-shake rings the same control doorbell.

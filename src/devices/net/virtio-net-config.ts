@@ -151,7 +151,7 @@ export const VIRTIO_NET_NUM_QUEUES = 3;
 /** Virtio device id of a network card. */
 export const VIRTIO_ID_NET = 1;
 
-/** QEMU's bounds for rx_queue_size / tx_queue_size (VIRTIO_NET_RX_QUEUE_MIN_SIZE .. VIRTQUEUE_MAX_SIZE). */
+/** QEMU's bounds for its rx_queue_size / tx_queue_size (our rxQueueSize / txQueueSize) (VIRTIO_NET_RX_QUEUE_MIN_SIZE .. VIRTQUEUE_MAX_SIZE). */
 export const VIRTIO_NET_QUEUE_MIN_SIZE = 256;
 export const VIRTIO_NET_QUEUE_MAX_SIZE = 1024;
 export const VIRTIO_NET_QUEUE_DEFAULT_SIZE = 256;
@@ -175,5 +175,5 @@ export function checkQueueSize(option: string, size: number | undefined): number
 
 /** Max sizes of [rx, tx, ctrl], validated. */
 export function netQueueSizes(opts: { rxQueueSize?: number; txQueueSize?: number }): number[] {
-  return [checkQueueSize('--net rx_queue_size', opts.rxQueueSize), checkQueueSize('--net tx_queue_size', opts.txQueueSize), VIRTIO_NET_CTRL_QUEUE_SIZE];
+  return [checkQueueSize('the net option rxQueueSize', opts.rxQueueSize), checkQueueSize('the net option txQueueSize', opts.txQueueSize), VIRTIO_NET_CTRL_QUEUE_SIZE];
 }
