@@ -58,14 +58,6 @@ export class GuestMemory {
     return r.bytes.subarray(gpa - r.gpa, gpa - r.gpa + len);
   }
 
-  /** Host virtual address of guest address `gpa` (checked for `len` bytes), or -1n. */
-  hostAddress(gpa: number, len: number): bigint {
-    const i = this.find(gpa, len);
-    if (i < 0) return -1n;
-    const r = this.regions[i];
-    return r.hostAddress + BigInt(gpa - r.gpa);
-  }
-
   /** Copies `data` into guest RAM at `gpa`; false if it does not fit in RAM. */
   write(gpa: number, data: Uint8Array): boolean {
     const dst = this.slice(gpa, data.byteLength);

@@ -10,8 +10,8 @@
 // EVENT_IDX the stale avail_event already suppresses them) and ring the TX
 // doorbell, then return to the guest at once.
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import type { TransportState, VirtioDeviceVcpuSide } from '../virtio/transport-state.js';
-import { VIRTIO_CONFIG_S_DRIVER_OK } from '../virtio/transport-state.js';
+import type { TransportState } from '../virtio/transport-state.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK, type VirtioDeviceVcpuSide } from '../virtio/virtio-device.js';
 import { UsedRingFlags, VIRTIO_RING_F_EVENT_IDX } from '../virtio/virtqueue.js';
 import { validateFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
 import {

@@ -22,7 +22,9 @@
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import type { Doorbell, MainLoop } from '../../loop/main-loop.js';
 import { Virtqueue, VIRTIO_RING_F_EVENT_IDX } from '../virtio/virtqueue.js';
-import { MainResetHandshake, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET, type TransportState } from '../virtio/transport-state.js';
+import type { TransportState } from '../virtio/transport-state.js';
+import { MainResetHandshake } from '../virtio/reset-handshake.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET } from '../virtio/virtio-device.js';
 import { strerror } from '../../sys/libc.js';
 import type { NetBackend } from '../../net/tap.js';
 import { GuestErrorLog } from '../virtio/guest-error-log.js';

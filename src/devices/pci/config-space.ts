@@ -330,6 +330,9 @@ export class PciDevice {
     return this.bars[index]?.mapped ?? -1;
   }
 
+  /** A BAR the guest placed over something else decodes nothing; devices with a log say so (rate-limited). */
+  protected mapRefused(_addr: number, _size: number): void {}
+
   /** Called after BARs were mapped, moved or unmapped (devices with kernel-side bindings follow them). */
   protected mappingsChanged(): void {}
 
@@ -356,6 +359,7 @@ export class PciDevice {
       b.mapped = addr;
     } catch {
       this.mapFailures++;
+      this.mapRefused(addr, b.spec.size);
     }
   }
 }

@@ -22,34 +22,22 @@
 //   interrupt lock (`SpinLock`), so a main-thread "raise" and a vCPU-thread
 //   "ISR read clears / unmask delivers" can never leave the line or a pending
 //   bit inconsistent.
+// What is built on this state has a module each: interrupt-sender.ts (raising
+// interrupts), reset-handshake.ts (device reset across the threads),
+// virtio-device.ts (status bits and the device's vCPU-side callbacks).
 //
 // Layout (word offsets into the Uint32Array):
 //   [0, HEADER_WORDS)                          header, see H_*
 //   [queueBase, + numQueues * QUEUE_WORDS)     per queue, see Q_*
 //   [msixBase, + MSIX_HEADER_WORDS + 4 * vectors + pbaWords)   MSI-X (see msix.ts: MsixShared)
 
-import { MsixShared, MSIX_NO_VECTOR, msixSharedWords, type MsiSink } from '../pci/msix.js';
-import { VIRTIO_RING_F_EVENT_IDX, type Virtqueue } from './virtqueue.js';
+import { MsixShared, MSIX_NO_VECTOR, msixSharedWords } from '../pci/msix.js';
 
 export { MSIX_NO_VECTOR, type MsiSink } from '../pci/msix.js';
-
-// virtio 1.2 §2.1 device status bits.
-export const VIRTIO_CONFIG_S_ACKNOWLEDGE = 1;
-export const VIRTIO_CONFIG_S_DRIVER = 2;
-export const VIRTIO_CONFIG_S_DRIVER_OK = 4;
-export const VIRTIO_CONFIG_S_FEATURES_OK = 8;
-export const VIRTIO_CONFIG_S_NEEDS_RESET = 0x40;
-export const VIRTIO_CONFIG_S_FAILED = 0x80;
-
-// ISR status bits (virtio 1.2 §4.1.4.5).
-export const VIRTIO_ISR_QUEUE = 1;
-export const VIRTIO_ISR_CONFIG = 2;
-
-// Transport feature bits (virtio 1.2 §6).
-export const VIRTIO_F_NOTIFY_ON_EMPTY = 24;
-export const VIRTIO_F_ANY_LAYOUT = 27;
-export const VIRTIO_F_VERSION_1 = 32;
-export const VIRTIO_F_ACCESS_PLATFORM = 33;
+// The pieces built on this state, re-exported for callers that want one import.
+export * from './virtio-device.js';
+export { InterruptSender, type IrqSink } from './interrupt-sender.js';
+export { MainResetHandshake, RESET_ACK_TIMEOUT_MS, VcpuResetHandshake } from './reset-handshake.js';
 
 const MAGIC = 0x76747073; // 'vtps'
 
@@ -88,7 +76,7 @@ const Q_USED_LO = 7;
 const Q_USED_HI = 8;
 const Q_VECTOR = 9;
 const Q_GENERATION = 10;
-const Q_NOTIFIES = 11;         // statistics: guest notifications seen by the transport
+// Word 11 was a per-queue notify counter; the device counts its own kicks.
 export const QUEUE_WORDS = 16;
 
 const TWO32 = 0x100000000;
@@ -251,8 +239,6 @@ export class TransportState {
     Atomics.store(this.u32, b + Q_ENABLED, on ? 1 : 0);
     Atomics.add(this.u32, b + Q_GENERATION, 1);
   }
-  queueNotifies(i: number): number { return this.u32[this.q(i) + Q_NOTIFIES]; }
-  countNotify(i: number): void { this.u32[this.q(i) + Q_NOTIFIES]++; }
 
   // ---- reset ----
   get resetGeneration(): number { return Atomics.load(this.i32, H_RESET_GENERATION); }
@@ -306,231 +292,4 @@ export class TransportState {
       Atomics.wait(this.i32, H_RESET_ACK, ack, left);
     }
   }
-}
-
-/**
- * Main-thread helper: makes `vq` match queue `i`'s shared configuration.
- * Resets it, and when the queue is enabled copies size, ring addresses and
- * EVENT_IDX and activates it. Returns false when activation failed (the vq is
- * `broken`; call `InterruptSender.needsReset()`). Call it when
- * `state.queueGeneration(i)` differs from the generation last applied — e.g.
- * at the top of the bottom half a kick or DRIVER_OK doorbell schedules.
- */
-export function applyQueueConfig(state: TransportState, i: number, vq: Virtqueue): boolean {
-  vq.reset();
-  if (!state.queueEnabled(i)) return true;
-  vq.size = state.queueSize(i);
-  vq.descGpa = state.queueDesc(i);
-  vq.availGpa = state.queueAvail(i);
-  vq.usedGpa = state.queueUsed(i);
-  vq.eventIdx = state.hasDriverFeature(VIRTIO_RING_F_EVENT_IDX);
-  return vq.activate();
-}
-
-/** The interrupt controller calls an InterruptSender needs (`VmHandle` provides them). */
-export interface IrqSink extends MsiSink {
-  irqLine(gsi: number, level: 0 | 1): void;
-}
-
-/**
- * Raises the device's interrupts from the shared state; on the main thread
- * (the data path) and on the vCPU thread (the transport). Give each thread its
- * own instance and its own `VmHandle` (VmHandle methods share a native buffer).
- *
- * - MSI-X enabled: vector from the queue (or the config vector); NO_VECTOR or
- *   out of range → nothing; entry or function masked → the PBA bit is set
- *   (delivered when unmasked, by the vCPU side); else `signalMsi(addr, data)`.
- * - MSI-X disabled: INTx. ISR |= 1 (queue) or 2 (config) and the line goes
- *   high (level-triggered); the guest's ISR read on the vCPU thread clears ISR
- *   and drops the line.
- */
-export class InterruptSender {
-  constructor(readonly state: TransportState, private readonly sink: IrqSink) {}
-
-  /** Used buffers on queue `queue`. */
-  sendQueueInterrupt(queue: number): void {
-    const s = this.state;
-    if (s.msix.enabled) {
-      if (queue >= 0 && queue < s.numQueues) this.sendVector(s.queueVector(queue));
-    } else {
-      this.raiseIntx(VIRTIO_ISR_QUEUE);
-    }
-  }
-
-  /** Device configuration changed (bump `configGeneration` first), or NEEDS_RESET was set. */
-  sendConfigInterrupt(): void {
-    const s = this.state;
-    if (s.msix.enabled) this.sendVector(s.configVector);
-    else this.raiseIntx(VIRTIO_ISR_CONFIG);
-  }
-
-  /**
-   * Marks the device broken (virtio 1.2 §2.1.2, QEMU virtio_error): a modern
-   * driver gets NEEDS_RESET and a config interrupt, once DRIVER_OK. Legacy
-   * (virtio 0.9.5) has no such bit: there the caller's data path just stops.
-   */
-  needsReset(): void {
-    if (!this.state.modern) return;
-    const st = this.state.orStatus(VIRTIO_CONFIG_S_NEEDS_RESET);
-    if (st & VIRTIO_CONFIG_S_NEEDS_RESET) return;
-    if (st & VIRTIO_CONFIG_S_DRIVER_OK) this.sendConfigInterrupt();
-  }
-
-  private sendVector(vector: number): void {
-    const s = this.state;
-    if (vector === MSIX_NO_VECTOR || vector >= s.msixVectors) return;
-    const r = s.msix.notify(vector, this.sink);
-    if (r === 1) s.countSent();
-    else if (r === 0) s.countPended();
-  }
-
-  private raiseIntx(bit: number): void {
-    const s = this.state;
-    const gsi = s.intxGsi;
-    s.irqLock.lock();
-    try {
-      s.orIsrLocked(bit);
-      if (gsi >= 0 && s.intxLevel === 0) {
-        s.setIntxLevelLocked(1);
-        this.sink.irqLine(gsi, 1);
-      }
-    } finally {
-      s.irqLock.unlock();
-    }
-    s.countSent();
-  }
-
-  /** vCPU side: the guest read ISR. Returns the bits and clears them, dropping the line. */
-  readAndClearIsr(): number {
-    const s = this.state;
-    s.irqLock.lock();
-    let v: number;
-    try {
-      v = s.takeIsrLocked();
-      if (s.intxLevel !== 0) {
-        s.setIntxLevelLocked(0);
-        if (s.intxGsi >= 0) this.sink.irqLine(s.intxGsi, 0);
-      }
-    } finally {
-      s.irqLock.unlock();
-    }
-    return v;
-  }
-
-  /** vCPU side: drop INTx (reset, or MSI-X just enabled) without reading ISR. */
-  lowerIntx(): void {
-    const s = this.state;
-    s.irqLock.lock();
-    try {
-      if (s.intxLevel !== 0) {
-        s.setIntxLevelLocked(0);
-        if (s.intxGsi >= 0) this.sink.irqLine(s.intxGsi, 0);
-      }
-    } finally {
-      s.irqLock.unlock();
-    }
-  }
-}
-
-/** How long a guest reset waits for the main thread before going on regardless. */
-export const RESET_ACK_TIMEOUT_MS = 1000;
-
-/**
- * vCPU side of a device reset: the transport has already cleared the shared
- * state (`resetDeviceState`); this tells the main thread to drop its queues
- * and waits (bounded) until it has, so the device never touches rings the
- * driver frees after the reset write returns.
- */
-export class VcpuResetHandshake {
-  /** Resets whose acknowledgement did not come within the timeout. */
-  timeouts = 0;
-  constructor(private readonly state: TransportState, private readonly ring: () => void, private readonly timeoutMs = RESET_ACK_TIMEOUT_MS) {}
-
-  /** Returns true when the main thread acknowledged (or is not attached). */
-  resetAndWait(): boolean {
-    const gen = this.state.bumpResetGeneration();
-    if (!this.state.mainAttached) {
-      // Nobody on the main side: acknowledge ourselves so a later attach starts in step.
-      this.state.ackReset(gen);
-      return true;
-    }
-    this.ring();
-    if (this.state.waitResetAck(gen, this.timeoutMs)) return true;
-    this.timeouts++;
-    return false;
-  }
-}
-
-/**
- * Main-thread side of the reset hand-shake. Call `attach()` once at set-up;
- * in the bottom half the reset doorbell schedules, call `poll(resetQueues)`:
- * when a reset is outstanding it runs `resetQueues()` (drop Virtqueue state,
- * cancel BHs, forget parked elements) and then acknowledges.
- */
-export class MainResetHandshake {
-  private seen = 0;
-  constructor(private readonly state: TransportState) {}
-
-  attach(): void {
-    this.seen = this.state.resetGeneration;
-    this.state.mainAttached = true;
-  }
-
-  /** True while the vCPU side waits for an acknowledgement. */
-  get pending(): boolean {
-    return this.state.resetGeneration !== this.state.resetAck;
-  }
-
-  /** Handles an outstanding reset, if any; returns whether one was handled. */
-  poll(resetQueues: () => void): boolean {
-    const gen = this.state.resetGeneration;
-    if (gen === this.seen && gen === this.state.resetAck) return false;
-    this.seen = gen;
-    try {
-      resetQueues();
-    } finally {
-      this.state.ackReset(gen);
-    }
-    return true;
-  }
-}
-
-/**
- * What a virtio device provides to the transport on the vCPU thread. The
- * transport calls these from guest register accesses; they must not block
- * (except as documented) and must not throw on guest input.
- */
-export interface VirtioDeviceVcpuSide {
-  /** For logs and statistics, e.g. 'virtio-net'. */
-  readonly name: string;
-  /** Virtio device id (virtio 1.2 §5): 1 = network. */
-  readonly deviceId: number;
-  /** Number of virtqueues (the transport's queue_select range). */
-  readonly numQueues: number;
-  /** Maximum (and reset-time) size of queue i: a power of two. */
-  queueMaxSize(index: number): number;
-  /** Feature bits the device offers, without VERSION_1 (the transport adds it on the modern interface). */
-  readonly deviceFeatures: bigint;
-  /** Bytes of device-specific configuration. */
-  readonly configSize: number;
-  /** Reads `size` (1, 2, 4) bytes of device config at `offset` (< configSize, in range); little-endian. */
-  readConfig(offset: number, size: number): number;
-  writeConfig(offset: number, size: number, value: number): void;
-  /**
-   * FEATURES_OK check: may the driver use exactly these features (already a
-   * subset of what was offered)? False when a feature lacks one it depends on.
-   */
-  validateFeatures(driverFeatures: bigint): boolean;
-  /** The guest notified (kicked) queue `index` (range-checked by the transport). On the exit path: no allocation. */
-  onQueueNotify(index: number): void;
-  /** Device status changed (not for a reset to 0: that is onReset). E.g. DRIVER_OK: tell the main thread to activate queues. */
-  onStatusChange(oldStatus: number, newStatus: number): void;
-  /** The driver reset the device; called before the shared state is cleared and the main thread is asked to reset. */
-  onReset(): void;
-  /**
-   * Optional: queue `index` was enabled (modern queue_enable, legacy PFN ≠ 0,
-   * after validation) or disabled (legacy PFN 0). The shared state already
-   * holds the new configuration; `queueGeneration(index)` has been bumped.
-   */
-  onQueueEnabled?(index: number, enabled: boolean): void;
 }

@@ -14,10 +14,15 @@ import { DoorbellRinger } from '../../loop/bottom-half.js';
 import { PciBus } from '../pci/pci-bus.js';
 import type { PciDevice } from '../pci/config-space.js';
 import { PciTestdev } from '../pci-testdev.js';
-import { TransportState, type IrqSink, type VirtioDeviceVcpuSide } from './transport-state.js';
+import { TransportState } from './transport-state.js';
+import type { IrqSink } from './interrupt-sender.js';
+import type { VirtioDeviceVcpuSide } from './virtio-device.js';
 import { VirtioPciDevice } from './virtio-pci.js';
 import { pcGsiRoutes } from '../../firmware/mptable.js';
+import { GuestErrorLog } from './guest-error-log.js';
 import { VirtioNetVcpu, type VirtioNetVcpuData } from '../net/virtio-net-vcpu.js';
+import { VIRTIO_ID_NET } from '../net/virtio-net-config.js';
+import { VIRTIO_NET_F_MAC } from '../net/virtio-net-features.js';
 
 /** A device the main thread asks the worker to put on the PCI bus (part of VcpuWorkerData). */
 export interface VcpuDeviceSpec {
@@ -57,7 +62,11 @@ export interface VcpuDeviceContext {
 
 export type VcpuDeviceFactory = (spec: VcpuDeviceSpec, state: TransportState, ctx: VcpuDeviceContext) => VirtioDeviceVcpuSide;
 
-/** Device kinds the worker can build; device modules add theirs with `registerVcpuDeviceKind`. */
+/**
+ * Device kinds the worker can build. A fixed table: the worker runs its own
+ * copy of every module, so a kind registered at run time on the main thread
+ * would never be seen here.
+ */
 const factories = new Map<string, VcpuDeviceFactory>([
   ['virtio-net-stub', (spec) => new StubNetDevice(spec.options?.mac as number[] | undefined)],
   // The real virtio-net: spec.options.net is its VirtioNetVcpuData; its doorbells are rung from the exit path.
@@ -74,10 +83,6 @@ const factories = new Map<string, VcpuDeviceFactory>([
 const plainPciFactories = new Map<string, (spec: VcpuDeviceSpec, ctx: VcpuDeviceContext) => PciDevice>([
   ['pci-testdev', (spec, ctx) => PciTestdev.fromSpec(spec, ctx)],
 ]);
-
-export function registerVcpuDeviceKind(kind: string, factory: VcpuDeviceFactory): void {
-  factories.set(kind, factory);
-}
 
 /** Creates the PCI bus on `pio`/`mmio` and plugs in every described device. */
 export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; mmio: MmioBus }, ctx: VcpuDeviceContext): { bus: PciBus; devices: VirtioPciDevice[] } {
@@ -99,13 +104,56 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
     const bell = fd !== undefined && fd >= 0 ? new DoorbellRinger(fd) : null;
     const vm = ctx.vm;
     const gsiBase = spec.irqfdGsiBase;
-    const onMsixMessageChanged = vm && gsiBase !== undefined ? () => vm.setGsiRouting([...pcGsiRoutes(), ...msixRoutes(state, gsiBase)]) : undefined;
-    const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {}, onMsixMessageChanged });
+    const log = new GuestErrorLog(device.name);
+    const failures = bindingFailures(log);
+    const onMsixMessageChanged = vm && gsiBase !== undefined
+      ? () => failures.guard('MSI-X route update', () => vm.setGsiRouting([...pcGsiRoutes(), ...msixRoutes(state, gsiBase)]))
+      : undefined;
+    const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {}, onMsixMessageChanged, log });
     bus.plug(pci, spec.pciSlot);
-    if (spec.ioeventfdFds && ctx.vm) pci.followNotifyAddresses(notifyIoeventfds(ctx.vm, spec.ioeventfdFds));
+    if (spec.ioeventfdFds && ctx.vm) {
+      const rebind = notifyIoeventfds(ctx.vm, spec.ioeventfdFds);
+      pci.followNotifyAddresses((dev) => failures.guard('ioeventfd rebind', () => rebind(dev)));
+    }
+    vcpuBindingFailures.push(failures);
     devices.push(pci);
   }
   return { bus, devices };
+}
+
+/** Per device: guest-triggered KVM bindings (MSI routes, ioeventfds) that failed. */
+export interface BindingFailures {
+  count: number;
+  lastError: string;
+  /** Runs `what`; an exception is counted and logged (rate-limited), never thrown into the exit loop. */
+  guard(what: string, f: () => void): void;
+}
+
+/** Every device's BindingFailures on this thread, for stats and tests. */
+export const vcpuBindingFailures: BindingFailures[] = [];
+
+/**
+ * A guest moving a BAR or rewriting an MSI-X entry makes the vCPU thread
+ * re-issue KVM ioctls (KVM_SET_GSI_ROUTING, KVM_IOEVENTFD). One that fails
+ * (an ENOSPC from KVM, an address KVM refuses) is the guest's doing or the
+ * host's limit, not a reason to end the exit loop: the guest keeps running
+ * with the old binding, and the failure is counted and logged once per burst.
+ */
+export function bindingFailures(log: GuestErrorLog): BindingFailures {
+  const f: BindingFailures = {
+    count: 0,
+    lastError: '',
+    guard(what, fn) {
+      try {
+        fn();
+      } catch (e) {
+        f.count++;
+        f.lastError = `${what}: ${(e as Error).message}`;
+        if (log.admit()) log.write(`${f.lastError} (the guest keeps running with the previous binding)`);
+      }
+    },
+  };
+  return f;
 }
 
 /**
@@ -117,14 +165,28 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
 function notifyIoeventfds(vm: VmHandle, fds: number[]): (dev: VirtioPciDevice) => void {
   let bound: Array<{ addr: number; len: number; eventfd: number; pio?: boolean; datamatch?: number }> = [];
   return (dev) => {
-    for (const b of bound) vm.ioeventfd({ ...b, deassign: true });
-    bound = [];
+    // Each binding on its own: one KVM refuses must not leave the others stale.
+    // Notifies whose binding failed still exit to userspace and work (slower).
+    let firstError: unknown = null;
+    for (const b of bound) {
+      try { vm.ioeventfd({ ...b, deassign: true }); } catch (e) { firstError ??= e; }
+    }
+    const wanted: typeof bound = [];
     fds.forEach((eventfd, queue) => {
       const { legacyPort, modernGpa } = dev.notifyAddresses(queue);
-      if (modernGpa >= 0) bound.push({ addr: modernGpa, len: 2, eventfd });
-      if (legacyPort >= 0) bound.push({ addr: legacyPort, len: 2, eventfd, pio: true, datamatch: queue });
+      if (modernGpa >= 0) wanted.push({ addr: modernGpa, len: 2, eventfd });
+      if (legacyPort >= 0) wanted.push({ addr: legacyPort, len: 2, eventfd, pio: true, datamatch: queue });
     });
-    for (const b of bound) vm.ioeventfd(b);
+    bound = [];
+    for (const b of wanted) {
+      try {
+        vm.ioeventfd(b);
+        bound.push(b);
+      } catch (e) {
+        firstError ??= e;
+      }
+    }
+    if (firstError !== null) throw firstError;
   };
 }
 
@@ -136,9 +198,6 @@ export function msixRoutes(state: TransportState, gsiBase: number): Array<{ gsi:
   }
   return routes;
 }
-
-const VIRTIO_ID_NET = 1;
-const VIRTIO_NET_F_MAC = 5;
 
 /** A virtio-net with RX and TX queues, a MAC and no data path (kicks are counted and dropped). */
 export class StubNetDevice implements VirtioDeviceVcpuSide {

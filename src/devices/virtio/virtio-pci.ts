@@ -20,10 +20,10 @@ import { PciDevice, PCI_CAP_ID_VNDR, type BarHandler } from '../pci/config-space
 import { Msix, MSIX_NO_VECTOR } from '../pci/msix.js';
 import { legacyVringLayout, VIRTIO_PCI_QUEUE_ADDR_SHIFT } from './virtqueue.js';
 import { GuestErrorLog } from './guest-error-log.js';
-import {
-  InterruptSender, TransportState, VcpuResetHandshake, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
-  type IrqSink, type VirtioDeviceVcpuSide,
-} from './transport-state.js';
+import type { TransportState } from './transport-state.js';
+import { InterruptSender, type IrqSink } from './interrupt-sender.js';
+import { VcpuResetHandshake } from './reset-handshake.js';
+import { VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, type VirtioDeviceVcpuSide } from './virtio-device.js';
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 /** Transitional PCI device ids per virtio device id (virtio 1.2 §4.1.2.1). */
@@ -170,7 +170,6 @@ export interface VirtioPciStats {
   refusedFeatures: number;
   resets: number;
   resetTimeouts: number;
-  notifies: number;
 }
 
 export class VirtioPciDevice extends PciDevice {
@@ -190,7 +189,7 @@ export class VirtioPciDevice extends PciDevice {
   gfSelect = 0;
   queueSelect = 0;
 
-  readonly stats: VirtioPciStats = { badAccesses: 0, refusedQueues: 0, refusedFeatures: 0, resets: 0, resetTimeouts: 0, notifies: 0 };
+  readonly stats: VirtioPciStats = { badAccesses: 0, refusedQueues: 0, refusedFeatures: 0, resets: 0, resetTimeouts: 0 };
   /** Why the last queue or FEATURES_OK was refused (diagnostics; set on error paths only). */
   lastError = '';
   /** Refused guest values, one rate-limited line each. */
@@ -290,6 +289,10 @@ export class VirtioPciDevice extends PciDevice {
 
   protected override mappingsChanged(): void {
     this.notifyBinder?.(this);
+  }
+
+  protected override mapRefused(addr: number, size: number): void {
+    if (this.log.admit()) this.log.write(`refused a BAR at 0x${addr.toString(16)} (${size} bytes): the range is taken; the BAR decodes nothing`);
   }
 
   // ---- PCI config space: MSI-X control and the PCI_CFG window ----
@@ -476,8 +479,6 @@ export class VirtioPciDevice extends PciDevice {
       if (this.log.admit()) this.log.write(`ignored a notify for queue ${queue}: the device has ${this.device.numQueues}`);
       return;
     }
-    this.stats.notifies++;
-    this.state.countNotify(queue);
     this.device.onQueueNotify(queue);
   }
 
