@@ -189,20 +189,67 @@ uint8_t pci_cap_next(pci_bdf_t bdf, uint8_t cap);   /* cap = 0: first */
 #define PCI_MEM_WINDOW_BASE 0xC0000000u
 #define PCI_IO_WINDOW_BASE  0xC000u
 
-/* ---- 32-bit IDT (not in long-mode images): vectors 0..31 go to fw_trap,
- * which calls a registered handler or reports and exits FW_EXIT_EXCEPTION. ---- */
-#ifndef FW_LONG_MODE
+/* ---- IDT: vectors 0..31 go to fw_trap, which calls a registered handler or
+ * reports and exits FW_EXIT_EXCEPTION; vectors 32..63 call their handler or
+ * are ignored. 32-bit images: lib/idt_stubs.S; long mode: lib/idt_stubs64.S. ---- */
+#ifdef FW_LONG_MODE
+struct fw_trap_frame {
+  uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+  uint64_t edi, esi, ebp, ebx, edx, ecx, eax;         /* rdi … rax, named as in 32-bit images */
+  uint64_t vector, error;                             /* error = 0 if the CPU pushed none */
+  uint64_t eip, cs, eflags, esp, ss;                  /* iretq frame; a handler may move eip */
+};
+#else
 struct fw_trap_frame {
   uint32_t edi, esi, ebp, esp0, ebx, edx, ecx, eax;   /* pusha */
   uint32_t vector, error;                             /* error = 0 if the CPU pushed none */
   uint32_t eip, cs, eflags;                           /* iret frame; a handler may move eip */
 };
+#endif
 typedef void (*fw_trap_handler)(struct fw_trap_frame *f);
 void idt_init(void);
 void idt_set_handler(uint8_t vector, fw_trap_handler h);
-#endif
+void idt_set_gate(uint8_t vector, uint8_t dpl);   /* the gate's descriptor privilege level */
 
-/* ---- interrupts (32-bit images): LAPIC, IOAPIC, 8259 masking (lib/apic.c) ----
+/* ---- ring 3, long-mode images only (lib/user.c, lib/user_stubs.S) ----
+ * user_run(fn, arg) runs fn(arg) at CPL3 and returns its result at CPL0.
+ * kvm_pvm runs guest ring-3 code natively (ring 0 is emulated), so a data
+ * loop run this way costs what the hardware and the VMM cost. The first call
+ * marks the identity map user-accessible (U/S in every level: rings, buffers
+ * and BARs are reachable from ring 3), loads a GDT with DPL-3 segments and a
+ * TSS (RSP0: a stack of its own; an I/O bitmap allowing every port), then
+ * enters fn with iretq (IOPL 3, IF 0: nothing interrupts it, so it polls).
+ * fn comes back by returning: its return address is a `ud2`, whose #UD at
+ * CPL3 fw_trap hands to user_trap, which resumes user_run's caller. (`int`
+ * from ring 3 raises #UD on kvm_pvm anyway.) fn may print (serial is port
+ * I/O, which IOPL 3 allows; each byte costs two exits) but must not run
+ * privileged instructions: another fault at CPL3 is reported, exit 0x7e. */
+typedef uint64_t (*fw_user_fn)(void *arg);
+#ifdef FW_LONG_MODE
+#define FW_USER_DS 0x23
+#define FW_USER_CS 0x2b
+#define FW_TSS_SEL 0x30
+uint64_t user_run(fw_user_fn fn, void *arg);
+void user_trap(struct fw_trap_frame *f);
+#endif
+/* fn(arg) at CPL3 when cpl3 (long-mode images; vnet_opts_parse refuses
+ * cpl3=1 elsewhere), else a plain call. */
+static inline uint64_t fw_run_loop(bool cpl3, fw_user_fn fn, void *arg)
+{
+#ifdef FW_LONG_MODE
+  if (cpl3)
+    return user_run(fn, arg);
+#endif
+  return fn(arg);
+}
+static inline unsigned fw_cpl(void)
+{
+  uint16_t cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  return cs & 3;
+}
+
+/* ---- interrupts: LAPIC, IOAPIC, 8259 masking (lib/apic.c) ----
  * Device interrupts use IDT vectors 32..63; the handler must EOI (irq_eoi).
  * Waiting: irq_wait() executes `sti; hlt; cli` (the sti shadow makes checking
  * a condition with interrupts off and then halting race-free). */
@@ -222,7 +269,11 @@ void lapic_timer_periodic(uint32_t count);
 extern volatile uint32_t irq_timer_ticks;
 static inline void irq_wait(void) { __asm__ volatile("sti; hlt; cli" ::: "memory"); }
 static inline void irq_disable(void) { __asm__ volatile("cli" ::: "memory"); }
+#ifdef FW_LONG_MODE
+static inline void mb(void) { __asm__ volatile("lock; orl $0, (%%rsp)" ::: "memory"); }
+#else
 static inline void mb(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memory"); }
+#endif
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
 /* ---- time: TSC frequency (kHz) from tsc_khz=, CPUID 0x15/0x16/0x40000010,

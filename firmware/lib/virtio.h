@@ -150,6 +150,7 @@ struct vnet_opts {
   int gsi;                /* gsi=N overrides the interrupt line, -1: from config space */
   uint16_t qmax;          /* qsize=N cap (modern), default 256 */
   bool rx_fill;           /* post RX buffers at init (default true) */
+  bool cpl3;              /* cpl3=0|1: the scenario's data loop runs at CPL3 (fw_run_loop); irq=poll by default */
 };
 
 struct vnet {

@@ -42,7 +42,9 @@ bool vnet_opts_parse(struct vnet_opts *o, const char **why)
   const char *bad = NULL;
   memset(o, 0, sizeof *o);
   const char *t = fw_arg_str("transport", "modern");
-  const char *irq = fw_arg_str("irq", "msix");
+  o->cpl3 = parse_bool("cpl3", false, &bad);
+  /* The ring-3 loop runs with IF 0: it polls, so interrupts are off by default. */
+  const char *irq = fw_arg_str("irq", o->cpl3 ? "poll" : "msix");
   const char *msix = fw_arg_str("msix", "split");
   const char *pol = fw_arg_str("intx_polarity", "low");
   if (!strcmp(t, "modern")) o->modern = true;
@@ -59,6 +61,10 @@ bool vnet_opts_parse(struct vnet_opts *o, const char **why)
   if (!strcmp(w, "irq")) o->wait_irq = true;
   else if (strcmp(w, "poll")) bad = "wait";
   if (o->irq == VNET_IRQ_POLL && o->wait_irq) bad = "wait (irq=poll needs wait=poll)";
+  if (o->cpl3 && o->wait_irq) bad = "wait (cpl3=1 needs wait=poll)";
+#ifndef FW_LONG_MODE
+  if (o->cpl3) bad = "cpl3 (ring 3 needs a long-mode image)";
+#endif
   o->mrg = parse_bool("mrg", false, &bad);
   o->event_idx = parse_bool("event_idx", false, &bad);
   o->tso = parse_bool("tso", false, &bad);

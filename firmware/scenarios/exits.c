@@ -1,3 +1,4 @@
+// fw:long-mode
 /* exits: times N VM exits of one kind with rdtsc.
  * Command line (all optional):
  *   kind=pio_out|pio_in|mmio_write|mmio_read|notify   default pio_out
@@ -16,6 +17,13 @@
  *              access as a modern notify (a VMM without the device: the
  *              notify's floor); `kind=pio_out width=2` as a legacy one.
  *   hist=1     also time each exit on its own (below)
+ *   cpl3=1     run the timed loops (and hist=1's) at CPL3 (lib/user.c):
+ *              setup stays at CPL0, the accesses are made from ring 3
+ *              (port I/O allowed by IOPL 3 and the TSS's I/O bitmap), where
+ *              kvm_pvm runs guest code natively. The result lines are the
+ *              same, with ` cpl=3` appended to the first.
+ * Built as a long-mode image (64-bit code) for cpl3=1: on kvm_pvm only
+ * 64-bit ring-3 code runs natively.
  * The loop is unrolled 8x so loop overhead is ~0.25 instruction per exit.
  * Prints
  *   exits kind=pio_out n=1000 cycles_per_exit=NNN cycles=TOTAL
@@ -213,6 +221,39 @@ static void hist_print(const char *kind, uint32_t n, const struct hist *h, uint6
   printf("\n");
 }
 
+/* The timed part, run at CPL0 or (cpl3=1) through user_run at CPL3. */
+struct run {
+  enum access a;
+  unsigned width;
+  uint32_t target, value, n;
+  bool hist;
+  uint64_t cycles;
+  uint16_t cpl;
+};
+static struct hist exits_hist, overhead_hist;
+
+static uint64_t timed_run(void *arg)
+{
+  struct run *r = arg;
+  r->cpl = fw_cpl();
+  uint64_t t0 = rdtsc();
+  if (r->a == PIO_OUT)
+    pio_out((uint16_t)r->target, r->width, r->value, r->n);
+  else if (r->a == PIO_IN)
+    pio_in((uint16_t)r->target, r->width, r->n);
+  else if (r->a == MMIO_WRITE)
+    mmio_write((uintptr_t)r->target, r->width, r->value, r->n);
+  else
+    mmio_read((uintptr_t)r->target, r->width, r->n);
+  r->cycles = rdtsc() - t0;
+  if (r->hist) {
+    hist_run(&exits_hist, r->a, r->width, r->target, r->value, r->n, true);
+    hist_run(&overhead_hist, r->a, r->width, r->target, r->value,
+             r->n < HIST_OVERHEAD_SAMPLES ? r->n : HIST_OVERHEAD_SAMPLES, false);
+  }
+  return 0;
+}
+
 int main(uint32_t magic, uint32_t mbi)
 {
   const char *kind = fw_arg_str("kind", "pio_out");
@@ -235,8 +276,9 @@ int main(uint32_t magic, uint32_t mbi)
   uint64_t addr = fw_arg_u64("addr", DEFAULT_ADDR);
   uint64_t width = fw_arg_u64("width", a == PIO_OUT || a == PIO_IN ? 1 : 4);
   uint64_t hist = fw_arg_u64("hist", 0);
+  uint64_t cpl3 = fw_arg_u64("cpl3", 0);
   if (n64 == 0 || n64 > 0xffffffffu || port > 0xffff || addr > 0xfffffffcu ||
-      (width != 1 && width != 2 && width != 4) || hist > 1) {
+      (width != 1 && width != 2 && width != 4) || hist > 1 || cpl3 > 1) {
     printf("exits: bad arguments n=%llu port=0x%llx addr=0x%llx width=%llu hist=%llu\n",
            (unsigned long long)n64, (unsigned long long)port, (unsigned long long)addr,
            (unsigned long long)width, (unsigned long long)hist);
@@ -268,23 +310,13 @@ int main(uint32_t magic, uint32_t mbi)
     value = nic.tx.index;
   }
 
-  uint64_t t0 = rdtsc();
-  if (a == PIO_OUT)
-    pio_out((uint16_t)target, (unsigned)width, value, n);
-  else if (a == PIO_IN)
-    pio_in((uint16_t)target, (unsigned)width, n);
-  else if (a == MMIO_WRITE)
-    mmio_write((uintptr_t)target, (unsigned)width, value, n);
+  struct run r = { a, (unsigned)width, target, value, n, hist != 0, 0, 0 };
+  if (cpl3)
+    user_run(timed_run, &r);
   else
-    mmio_read((uintptr_t)target, (unsigned)width, n);
-  uint64_t cycles = rdtsc() - t0;
+    timed_run(&r);
+  uint64_t cycles = r.cycles;
 
-  static struct hist exits_hist, overhead_hist;
-  if (hist) {
-    hist_run(&exits_hist, a, (unsigned)width, target, value, n, true);
-    hist_run(&overhead_hist, a, (unsigned)width, target, value,
-             n < HIST_OVERHEAD_SAMPLES ? n : HIST_OVERHEAD_SAMPLES, false);
-  }
   if (notify) {
     bool used = vq_has_used(&nic.tx);   /* an empty avail ring: nothing may be used */
     vnet_shutdown(&nic);
@@ -294,8 +326,8 @@ int main(uint32_t magic, uint32_t mbi)
     }
   }
 
-  printf("exits kind=%s n=%u cycles_per_exit=%llu cycles=%llu\n", kind, n,
-         (unsigned long long)fw_udiv64(cycles, n, NULL), (unsigned long long)cycles);
+  printf("exits kind=%s n=%u cycles_per_exit=%llu cycles=%llu%s\n", kind, n,
+         (unsigned long long)fw_udiv64(cycles, n, NULL), (unsigned long long)cycles, r.cpl == 3 ? " cpl=3" : "");
   if (hist)
     hist_print(kind, n, &exits_hist, hist_percentile(&overhead_hist, 50));
   return FW_EXIT_OK;

@@ -1,3 +1,4 @@
+// fw:long-mode
 /* rx-sink: receives frames until count= have arrived (default 0: no limit)
  * or none came for idle= ms (default 1000) after the first; waits up to
  * start= ms (default 30000) for the first. Frames are counted and their
@@ -14,31 +15,21 @@
  * buffer then holds 65600 bytes, or with mrg=1 too a frame spans num_buffers
  * 2048-byte buffers; either way it counts as one frame of its whole length.
  * Exit 0 if count= frames arrived (count=0: at least one), 1 otherwise, 2
- * bad argument. */
+ * bad argument.
+ * cpl3=1: setup (device, rings, ARP) at CPL0; the receive loop (from the first wait on) runs at CPL3
+ * (lib/user.c), polling the used rings (interrupts off) and kicking through
+ * the notify register (MMIO, or `out` with transport=legacy). Same output. */
 #include "net.h"
 
-int main(uint32_t magic, uint32_t mbi)
+static struct vnet nic;
+static struct net s;
+static uint32_t count;
+static bool answer;
+static uint64_t idle_tsc, first, last, deadline, bytes;
+static uint32_t frames;
+
+static uint64_t sink_loop(void *arg)
 {
-  static struct vnet nic;
-  static struct net s;
-  uint32_t count = (uint32_t)fw_arg_u64("count", 0);
-  uint32_t idle = (uint32_t)fw_arg_u64("idle", 1000);
-  uint32_t start = (uint32_t)fw_arg_u64("start", 30000);
-  int rc = net_bring_up("rx-sink", &nic, &s, NULL);
-  if (rc)
-    return rc;
-  bool answer = s.answer;
-  if (fw_arg_u64("ready", 0)) {
-    char mac[18], ip[16];
-    net_format_mac(mac, s.mac);
-    net_format_ip(ip, s.ip);
-    printf("rx-sink: ready mac=%s ip=%s\n", mac, ip);
-  }
-  uint64_t idle_tsc = fw_ms_to_tsc(idle);
-  uint64_t first = 0, last = 0;
-  uint64_t deadline = rdtsc() + fw_ms_to_tsc(start);
-  uint32_t frames = 0;
-  uint64_t bytes = 0;
   while (!count || frames < count) {
     uint32_t len;
     uint8_t *f = vnet_rx(&nic, &len);
@@ -60,6 +51,27 @@ int main(uint32_t magic, uint32_t mbi)
     }
     vnet_rx_done(&nic);
   }
+  return 0;
+}
+
+int main(uint32_t magic, uint32_t mbi)
+{
+  count = (uint32_t)fw_arg_u64("count", 0);
+  uint32_t idle = (uint32_t)fw_arg_u64("idle", 1000);
+  uint32_t start = (uint32_t)fw_arg_u64("start", 30000);
+  int rc = net_bring_up("rx-sink", &nic, &s, NULL);
+  if (rc)
+    return rc;
+  answer = s.answer;
+  if (fw_arg_u64("ready", 0)) {
+    char mac[18], ip[16];
+    net_format_mac(mac, s.mac);
+    net_format_ip(ip, s.ip);
+    printf("rx-sink: ready mac=%s ip=%s\n", mac, ip);
+  }
+  idle_tsc = fw_ms_to_tsc(idle);
+  deadline = rdtsc() + fw_ms_to_tsc(start);
+  fw_run_loop(nic.o.cpl3, sink_loop, NULL);
   vnet_shutdown(&nic);
   printf("rx-sink: %u frames bytes=%llu cycles=%llu", frames, (unsigned long long)bytes,
          (unsigned long long)(last - first));

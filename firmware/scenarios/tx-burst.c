@@ -1,3 +1,4 @@
+// fw:long-mode
 /* tx-burst: transmits count= frames (default 1000) of size= bytes (Ethernet
  * frame without FCS, 60..1514, default 64) as fast as the TX ring allows: a
  * UDP datagram to host:9 (discard), all frames the same, every descriptor
@@ -19,13 +20,65 @@
  *   tx-burst: N frames size=S cycles=C kicks=K
  * C: TSC cycles from the first frame queued to the last one used; K: queue
  * notifications written. Exit 0, 1 if the device stalled for timeout= ms
- * (default 5000), 2 bad argument. */
+ * (default 5000), 2 bad argument.
+ * cpl3=1: setup (device, rings, ARP, the frame) at CPL0; the loop from the
+ * first frame queued to the last used runs at CPL3 (lib/user.c), polling the
+ * used ring (interrupts off), kicking through the notify register (MMIO, or
+ * `out` with transport=legacy). Same line, same meaning. */
 #include "net.h"
+
+static struct vnet nic;
+static struct net s;
+
+/* The timed loop's inputs and results (shared by CPL0 and CPL3: one address space). */
+static struct burst {
+  uint8_t *buf;
+  uint32_t size, count, batch;
+  uint64_t stall;
+  uint32_t queued, done;
+  uint64_t t0, last;
+  bool stalled;
+} b;
+
+static uint64_t burst_loop(void *arg)
+{
+  b.t0 = b.last = rdtsc();
+  while (b.done < b.count) {
+    uint32_t k = 0;
+    while (b.queued < b.count && nic.tx_nfree && k < b.batch) {
+      vnet_tx_queue_at(&nic, b.buf, b.size);
+      b.queued++;
+      k++;
+    }
+    if (k)
+      vnet_tx_kick(&nic);
+    /* reap; block only when the ring is full or everything is queued */
+    for (;;) {
+      unsigned r = vnet_tx_reclaim(&nic);
+      b.done += r;
+      if (r)
+        b.last = rdtsc();
+      if (b.done >= b.count || (b.queued < b.count && nic.tx_nfree >= (b.batch < nic.tx_slots ? b.batch : 1)))
+        break;
+      uint32_t inflight = b.queued - b.done;
+      nic.tx_irq_ahead = (uint16_t)(inflight ? inflight - 1 : 0);
+      /* RX traffic (the host's replies) is recycled without a look */
+      uint32_t l;
+      while (vnet_rx(&nic, &l))
+        vnet_rx_done(&nic);
+      if (!vnet_wait(&nic, true, b.last + b.stall) && !vq_has_used(&nic.tx)) {
+        b.stalled = true;
+        break;
+      }
+    }
+    if (b.stalled)
+      break;
+  }
+  return 0;
+}
 
 int main(uint32_t magic, uint32_t mbi)
 {
-  static struct vnet nic;
-  static struct net s;
   uint32_t count = (uint32_t)fw_arg_u64("count", 1000);
   uint32_t size = (uint32_t)fw_arg_u64("size", 64);
   uint32_t batch = (uint32_t)fw_arg_u64("batch", 0);
@@ -75,42 +128,15 @@ int main(uint32_t magic, uint32_t mbi)
   if (!batch || batch > nic.tx_slots)
     batch = nic.tx_slots;
   uint32_t kicks0 = nic.tx.kicks;
-  uint32_t queued = 0, done = 0;
-  uint64_t stall = fw_ms_to_tsc(timeout);
-  uint64_t t0 = rdtsc(), last = t0;
-  bool stalled = false;
-  while (done < count) {
-    uint32_t k = 0;
-    while (queued < count && nic.tx_nfree && k < batch) {
-      vnet_tx_queue_at(&nic, buf, size);
-      queued++;
-      k++;
-    }
-    if (k)
-      vnet_tx_kick(&nic);
-    /* reap; block only when the ring is full or everything is queued */
-    for (;;) {
-      unsigned r = vnet_tx_reclaim(&nic);
-      done += r;
-      if (r)
-        last = rdtsc();
-      if (done >= count || (queued < count && nic.tx_nfree >= (batch < nic.tx_slots ? batch : 1)))
-        break;
-      uint32_t inflight = queued - done;
-      nic.tx_irq_ahead = (uint16_t)(inflight ? inflight - 1 : 0);
-      /* RX traffic (the host's replies) is recycled without a look */
-      uint32_t l;
-      while (vnet_rx(&nic, &l))
-        vnet_rx_done(&nic);
-      if (!vnet_wait(&nic, true, last + stall) && !vq_has_used(&nic.tx)) {
-        stalled = true;
-        break;
-      }
-    }
-    if (stalled)
-      break;
-  }
-  uint64_t cycles = last - t0;
+  b.buf = buf;
+  b.size = size;
+  b.count = count;
+  b.batch = batch;
+  b.stall = fw_ms_to_tsc(timeout);
+  fw_run_loop(o.cpl3, burst_loop, NULL);
+  uint32_t done = b.done, queued = b.queued;
+  bool stalled = b.stalled;
+  uint64_t cycles = b.last - b.t0;
   uint32_t kicks = nic.tx.kicks - kicks0;
   vnet_shutdown(&nic);
   if (stalled) {

@@ -1,3 +1,4 @@
+// fw:long-mode
 /* udp-echo: sends count= UDP datagrams of size= payload bytes (default 64,
  * at least 8) to host:port (default 7777, from sport= 40007) one at a time and
  * waits up to timeout= ms (default 1000) for each to come back unchanged from
@@ -8,32 +9,20 @@
  *   udp-echo: N/N ok cycles=C
  * (C: TSC cycles for the whole exchange). Exit 0 if all came back, 1
  * otherwise, 2 bad argument. Needs an echo server on the host side, e.g.
- * `socat UDP-RECVFROM:7777,fork EXEC:cat` or the one in README.md. */
+ * `socat UDP-RECVFROM:7777,fork EXEC:cat` or the one in README.md.
+ * cpl3=1: setup (device, rings, ARP) at CPL0; the exchange (the timed part) runs at CPL3
+ * (lib/user.c), polling the used rings (interrupts off) and kicking through
+ * the notify register (MMIO, or `out` with transport=legacy). Same output. */
 #include "net.h"
 
-int main(uint32_t magic, uint32_t mbi)
+static struct vnet nic;
+static struct net s;
+static uint8_t buf[1472];
+static uint32_t count, size, timeout, ok;
+static uint64_t port, sport;
+
+static uint64_t echo_loop(void *arg)
 {
-  static struct vnet nic;
-  static struct net s;
-  static uint8_t buf[1472];
-  uint32_t count = (uint32_t)fw_arg_u64("count", 10);
-  uint32_t size = (uint32_t)fw_arg_u64("size", 64);
-  uint32_t timeout = (uint32_t)fw_arg_u64("timeout", 1000);
-  uint64_t port = fw_arg_u64("port", 7777), sport = fw_arg_u64("sport", 40007);
-  if (size < 8 || size > sizeof buf || count == 0 || !port || port > 0xffff || !sport || sport > 0xffff) {
-    printf("udp-echo: bad argument size/count/port\n");
-    return FW_EXIT_USAGE;
-  }
-  int rc = net_bring_up("udp-echo", &nic, &s, NULL);
-  if (rc)
-    return rc;
-  if (!net_resolve_host(&s, rdtsc() + fw_ms_to_tsc((uint32_t)fw_arg_u64("arp_timeout", 3000)))) {
-    printf("udp-echo: 0/%u ok FAIL arp: no answer from the host\n", count);
-    vnet_shutdown(&nic);
-    return FW_EXIT_FAIL;
-  }
-  uint32_t ok = 0;
-  uint64_t t0 = rdtsc();
   for (uint32_t seq = 1; seq <= count; seq++) {
     uint32_t sum = 0;
     for (uint32_t i = 8; i < size; i++) {
@@ -64,6 +53,30 @@ int main(uint32_t magic, uint32_t mbi)
     }
     net_release(&s);
   }
+  return 0;
+}
+
+int main(uint32_t magic, uint32_t mbi)
+{
+  count = (uint32_t)fw_arg_u64("count", 10);
+  size = (uint32_t)fw_arg_u64("size", 64);
+  timeout = (uint32_t)fw_arg_u64("timeout", 1000);
+  port = fw_arg_u64("port", 7777);
+  sport = fw_arg_u64("sport", 40007);
+  if (size < 8 || size > sizeof buf || count == 0 || !port || port > 0xffff || !sport || sport > 0xffff) {
+    printf("udp-echo: bad argument size/count/port\n");
+    return FW_EXIT_USAGE;
+  }
+  int rc = net_bring_up("udp-echo", &nic, &s, NULL);
+  if (rc)
+    return rc;
+  if (!net_resolve_host(&s, rdtsc() + fw_ms_to_tsc((uint32_t)fw_arg_u64("arp_timeout", 3000)))) {
+    printf("udp-echo: 0/%u ok FAIL arp: no answer from the host\n", count);
+    vnet_shutdown(&nic);
+    return FW_EXIT_FAIL;
+  }
+  uint64_t t0 = rdtsc();
+  fw_run_loop(nic.o.cpl3, echo_loop, NULL);
   uint64_t cycles = rdtsc() - t0;
   vnet_tx_reclaim(&nic);
   vnet_shutdown(&nic);
