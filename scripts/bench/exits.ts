@@ -6,9 +6,15 @@
 // figure) and host nanoseconds per exit (the VMM's wall time around its
 // KVM_RUN loop divided by the exits of the run; the program's own setup, a
 // few thousand instructions and ~130 serial exits, is in both alike).
+// Each mode (CPL3: the accesses made from guest ring 3, `cpl3=1`; CPL0: from
+// ring 0) is measured the same way, for tsvisor and the floor alike.
 import { NetNamespace } from '../../src/net/netns.js';
 import { firmware, readStats, start, lastLine, TAP, tsvisorArgv, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
+
+/** Where the guest programs run their data loops: ring 3 (`cpl3=1`, native on kvm_pvm) or ring 0. */
+export type Mode = 'cpl3' | 'cpl0';
+export const modeArgs = (mode: Mode) => (mode === 'cpl3' ? ' cpl3=1' : '');
 
 export const EXIT_KINDS = ['pio_out', 'pio_in', 'mmio_write', 'mmio_read', 'notify'] as const;
 export type ExitKind = (typeof EXIT_KINDS)[number];
@@ -35,8 +41,8 @@ function parseHist(out: string): Histogram | null {
 }
 
 /** The program's arguments for one kind; the floor has no virtio device, so its notify is a 16-bit MMIO write. */
-function programArgs(kind: ExitKind, n: number, floor: boolean, hist: boolean): string {
-  const h = hist ? ' hist=1' : '';
+function programArgs(kind: ExitKind, n: number, floor: boolean, hist: boolean, mode: Mode): string {
+  const h = (hist ? ' hist=1' : '') + modeArgs(mode);
   if (kind === 'notify' && floor) return `kind=mmio_write width=2 n=${n}${h}`;
   return `kind=${kind} n=${n}${h}`;
 }
@@ -50,8 +56,8 @@ export class ExitBench {
   }
 
   /** One run under the C floor: guest cycles per exit, and the wall time of its KVM_RUN loop. */
-  private async floor(kind: ExitKind, n: number, hist: boolean): Promise<OneRun> {
-    const r = await start([this.floorBin, firmware('exits'), programArgs(kind, n, true, hist), '64'], { timeoutMs: 120_000 }).done;
+  private async floor(kind: ExitKind, n: number, hist: boolean, mode: Mode): Promise<OneRun> {
+    const r = await start([this.floorBin, firmware('exits'), programArgs(kind, n, true, hist, mode), '64'], { timeoutMs: 120_000 }).done;
     const m = RESULT_RE.exec(r.stdout);
     const f = /exit-floor: exits=(\d+) run_ns=(\d+) tsc_khz=(-?\d+)/.exec(r.stderr);
     if (!m || !f) throw new Error(`exit-floor ${kind}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
@@ -60,10 +66,10 @@ export class ExitBench {
   }
 
   /** One run under tsvisor (notify: with a NIC on the bench namespace's TAP). */
-  private async tsvisor(kind: ExitKind, n: number, hist: boolean, ioeventfd = false): Promise<OneRun> {
+  private async tsvisor(kind: ExitKind, n: number, hist: boolean, mode: Mode, ioeventfd = false): Promise<OneRun> {
     const stats = this.scratch.file('exits.json');
     const net = kind === 'notify' ? ['--net', `tap:${TAP}`, ...(ioeventfd ? ['--ioeventfd'] : [])] : [];
-    const r = await start(tsvisorArgv(firmware('exits'), programArgs(kind, n, false, hist), stats, net), { ns: kind === 'notify' ? this.ns : undefined, timeoutMs: 120_000 }).done;
+    const r = await start(tsvisorArgv(firmware('exits'), programArgs(kind, n, false, hist, mode), stats, net), { ns: kind === 'notify' ? this.ns : undefined, timeoutMs: 120_000 }).done;
     const m = RESULT_RE.exec(r.stdout);
     if (!m) throw new Error(`tsvisor exits ${kind}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
     const s = readStats(stats).stats;
@@ -75,25 +81,25 @@ export class ExitBench {
     return run.hostNs / run.exits;
   }
 
-  async measure(kind: ExitKind, n: number, runs: number, log: (s: string) => void): Promise<ExitFigures> {
+  async measure(kind: ExitKind, n: number, runs: number, log: (s: string) => void, mode: Mode = 'cpl0'): Promise<ExitFigures> {
     const t: OneRun[] = [];
     const f: OneRun[] = [];
     // Alternate tsvisor and the floor run by run, so drift hits both alike.
     for (let i = 0; i < runs; i++) {
-      t.push(await this.tsvisor(kind, n, false));
-      f.push(await this.floor(kind, n, false));
-      log(`exits ${kind} run ${i + 1}/${runs}: tsvisor ${t[i].cyclesPerExit} cycles, floor ${f[i].cyclesPerExit} cycles`);
+      t.push(await this.tsvisor(kind, n, false, mode));
+      f.push(await this.floor(kind, n, false, mode));
+      log(`exits ${kind} (${mode.toUpperCase()}) run ${i + 1}/${runs}: tsvisor ${t[i].cyclesPerExit} cycles, floor ${f[i].cyclesPerExit} cycles`);
     }
     // The distribution comes from a run of its own: timing each exit alone adds work the means must not see.
-    const tHist = (await this.tsvisor(kind, n, true)).hist;
-    const fHist = (await this.floor(kind, n, true)).hist;
+    const tHist = (await this.tsvisor(kind, n, true, mode)).hist;
+    const fHist = (await this.floor(kind, n, true, mode)).hist;
     const fig: ExitFigures = {
       tsvisor: { cycles: summarize(t.map((r) => r.cyclesPerExit)), ns: summarize(t.map((r) => ExitBench.perExit(r))), hist: tHist },
       floor: { cycles: summarize(f.map((r) => r.cyclesPerExit)), ns: summarize(f.map((r) => ExitBench.perExit(r))), hist: fHist },
     };
     if (kind === 'notify') {
       const io: OneRun[] = [];
-      for (let i = 0; i < runs; i++) io.push(await this.tsvisor(kind, n, false, true));
+      for (let i = 0; i < runs; i++) io.push(await this.tsvisor(kind, n, false, mode, true));
       // With ioeventfd the notifies never reach userspace, so no host clock sees them
       // one by one: their time is the guest's cycles at the TSC rate.
       const khz = this.tscKhz;

@@ -4,8 +4,11 @@
 // to the same TAP with the same syscalls (one writev of [vnet header, frame]
 // per frame). RX: tap-floor's sender pushes frames into the TAP from the
 // namespace side; the `rx-sink` guest program counts what reaches its RX ring
-// through tsvisor, and the floor is tap-floor reading the same TAP.
+// through tsvisor, and the floor is tap-floor reading the same TAP. Either
+// program runs its loop in guest ring 3 (mode cpl3: native on kvm_pvm) or
+// ring 0 (cpl0: emulated there, one instruction at a time).
 import { NetNamespace } from '../../src/net/netns.js';
+import { modeArgs, type Mode } from './exits.js';
 import { firmware, readStats, start, lastLine, TAP, tapMac, tsvisorArgv, rssBeyondGuest, pidOf, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
 
@@ -45,11 +48,11 @@ export class PacketBench {
     return c / (this.tscKhz * 1000);
   }
 
-  private async tsvisorTx(size: FrameSize, count: number): Promise<{ pps: number; vmmMs: number }> {
+  private async tsvisorTx(size: FrameSize, count: number, mode: Mode): Promise<{ pps: number; vmmMs: number }> {
     const stats = this.scratch.file('tx.json');
     // host_mac=: no ARP, so the namespace never learns the guest's MAC and its
     // answers (RSTs, ICMP) are dropped for guest and floor alike.
-    const r = await start(tsvisorArgv(firmware('tx-burst'), `count=${count} size=${size}${guestOffload(size)} host_mac=${this.hostMac}`, stats, ['--net', `tap:${TAP}`]), { ns: this.ns, timeoutMs: 180_000 }).done;
+    const r = await start(tsvisorArgv(firmware('tx-burst'), `count=${count} size=${size}${guestOffload(size)} host_mac=${this.hostMac}${modeArgs(mode)}`, stats, ['--net', `tap:${TAP}`]), { ns: this.ns, timeoutMs: 180_000 }).done;
     const m = /tx-burst: (\d+) frames size=\d+ cycles=(\d+)/.exec(r.stdout);
     if (!m) throw new Error(`tsvisor tx-burst size=${size}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
     return { pps: +m[1] / this.cyclesToS(+m[2]), vmmMs: readStats(stats).stats.cpu?.vmmMs ?? NaN };
@@ -66,9 +69,9 @@ export class PacketBench {
     return start([this.floorBin, 'send', TAP, String(size), String(count), ...gso(size), ...(pps ? [`pps=${pps}`] : [])], { ns: this.ns, timeoutMs: 120_000 }).done;
   }
 
-  private async tsvisorRx(size: FrameSize, count: number): Promise<{ pps: number; vmmMs: number; frames: number }> {
+  private async tsvisorRx(size: FrameSize, count: number, mode: Mode): Promise<{ pps: number; vmmMs: number; frames: number }> {
     const stats = this.scratch.file('rx.json');
-    const guest = start(tsvisorArgv(firmware('rx-sink'), `ready=1 count=${count} idle=1000 start=30000${guestOffload(size)}`, stats, ['--net', `tap:${TAP}`]), { ns: this.ns, timeoutMs: 180_000 });
+    const guest = start(tsvisorArgv(firmware('rx-sink'), `ready=1 count=${count} idle=1000 start=30000${guestOffload(size)}${modeArgs(mode)}`, stats, ['--net', `tap:${TAP}`]), { ns: this.ns, timeoutMs: 180_000 });
     await guest.waitFor(/rx-sink: ready/);
     // The guest is ready at DRIVER_OK; tsvisor sets the TAP's offloads on its main loop just after.
     await new Promise((r) => setTimeout(r, 300));
@@ -78,10 +81,11 @@ export class PacketBench {
       if (rss !== null && rss > peak) peak = rss;
     };
     const sample = setInterval(take, 50);
-    // Paced over ~2 s, still above what the guest takes on kvm_pvm: the guest's rate is
-    // the same as unpaced (the TAP queue drops the excess), and the run lasts long
-    // enough to deliver thousands of frames for the CPU figure.
-    await this.sender(size, count, Math.max(1000, Math.round(count / 2)));
+    // CPL0: paced over ~2 s, still above what a ring-0 guest takes on kvm_pvm: its rate
+    // is the same as unpaced (the TAP queue drops the excess), and the run lasts long
+    // enough to deliver thousands of frames for the CPU figure. CPL3: unpaced, as the
+    // floor's reader is fed, since a ring-3 guest may keep up with the sender.
+    await this.sender(size, count, mode === 'cpl0' ? Math.max(1000, Math.round(count / 2)) : undefined);
     take();
     const r = await guest.done;
     clearInterval(sample);
@@ -101,14 +105,14 @@ export class PacketBench {
     return { pps: +m[1] / (+m[2] / 1e9), cpuUs: +m[3] / 1000 / +m[1] };
   }
 
-  async tx(size: FrameSize, count: number, runs: number, log: (s: string) => void): Promise<PathFigures> {
-    const base = await this.tsvisorTx(size, 16);
+  async tx(size: FrameSize, count: number, runs: number, log: (s: string) => void, mode: Mode = 'cpl0'): Promise<PathFigures> {
+    const base = await this.tsvisorTx(size, 16, mode);
     const t: Array<{ pps: number; vmmMs: number }> = [];
     const f: Array<{ pps: number; cpuUs: number }> = [];
     for (let i = 0; i < runs; i++) {
-      t.push(await this.tsvisorTx(size, count));
+      t.push(await this.tsvisorTx(size, count, mode));
       f.push(await this.floorTx(size, count));
-      log(`tx ${size} run ${i + 1}/${runs}: tsvisor ${t[i].pps.toFixed(0)} frames/s, floor ${f[i].pps.toFixed(0)} frames/s`);
+      log(`tx ${size} (${mode.toUpperCase()}) run ${i + 1}/${runs}: tsvisor ${t[i].pps.toFixed(0)} frames/s, floor ${f[i].pps.toFixed(0)} frames/s`);
     }
     return {
       tsvisorPps: summarize(t.map((r) => r.pps)),
@@ -120,14 +124,14 @@ export class PacketBench {
     };
   }
 
-  async rx(size: FrameSize, count: number, runs: number, log: (s: string) => void): Promise<PathFigures> {
-    const base = await this.tsvisorRx(size, 16);
+  async rx(size: FrameSize, count: number, runs: number, log: (s: string) => void, mode: Mode = 'cpl0'): Promise<PathFigures> {
+    const base = await this.tsvisorRx(size, 16, mode);
     const t: Array<{ pps: number; vmmMs: number; frames: number }> = [];
     const f: Array<{ pps: number; cpuUs: number }> = [];
     for (let i = 0; i < runs; i++) {
-      t.push(await this.tsvisorRx(size, count));
+      t.push(await this.tsvisorRx(size, count, mode));
       f.push(await this.floorRx(size, count));
-      log(`rx ${size} run ${i + 1}/${runs}: tsvisor ${t[i].pps.toFixed(0)} frames/s (${t[i].frames} of ${count} sent reached the guest), floor ${f[i].pps.toFixed(0)} frames/s`);
+      log(`rx ${size} (${mode.toUpperCase()}) run ${i + 1}/${runs}: tsvisor ${t[i].pps.toFixed(0)} frames/s (${t[i].frames} of ${count} sent reached the guest), floor ${f[i].pps.toFixed(0)} frames/s`);
     }
     return {
       tsvisorPps: summarize(t.map((r) => r.pps)),

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { NetNamespace } from '../../src/net/netns.js';
 import { firmware, start, lastLine, TAP, tapMac, tsvisorArgv, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
+import { modeArgs, type Mode } from './exits.js';
 
 const QEMU = 'qemu-system-x86_64';
 
@@ -56,7 +57,8 @@ export class QemuBench {
     return m;
   }
 
-  async measure(runs: number, pingCount: number, txCount: number, notifyCount: number, log: (s: string) => void): Promise<QemuFigures> {
+  async measure(runs: number, pingCount: number, txCount: number, notifyCount: number, log: (s: string) => void, mode: Mode = 'cpl0'): Promise<QemuFigures> {
+    const m = modeArgs(mode);
     const out: QemuFigures = {};
     for (const path of ['exit', 'ioeventfd'] as const) {
       const rtt: Record<Vmm, number[]> = { tsvisor: [], qemu: [] };
@@ -64,14 +66,14 @@ export class QemuBench {
       const notify: Record<Vmm, number[]> = { tsvisor: [], qemu: [] };
       for (let i = 0; i < runs; i++) {
         for (const vmm of ['tsvisor', 'qemu'] as const) {
-          const p = await this.run(vmm, path, firmware('ping'), `count=${pingCount} interval=0`, PING_RE);
+          const p = await this.run(vmm, path, firmware('ping'), `count=${pingCount} interval=0${m}`, PING_RE);
           if (p[1] !== p[2]) throw new Error(`${vmm} (${path}) ping: ${p[1]}/${p[2]} replies`);
           rtt[vmm].push((+p[4] / this.tscKhz) * 1000);
-          const t = await this.run(vmm, path, firmware('tx-burst'), `count=${txCount} size=64 host_mac=${this.hostMac}`, TX_RE);
+          const t = await this.run(vmm, path, firmware('tx-burst'), `count=${txCount} size=64 host_mac=${this.hostMac}${m}`, TX_RE);
           pps[vmm].push(+t[1] / (+t[2] / (this.tscKhz * 1000)));
-          notify[vmm].push(+(await this.run(vmm, path, firmware('exits'), `kind=notify n=${notifyCount}`, NOTIFY_RE))[1]);
+          notify[vmm].push(+(await this.run(vmm, path, firmware('exits'), `kind=notify n=${notifyCount}${m}`, NOTIFY_RE))[1]);
         }
-        log(`qemu side-by-side (${path} notify) run ${i + 1}/${runs}: ping RTT tsvisor ${rtt.tsvisor[i].toFixed(0)} µs, QEMU ${rtt.qemu[i].toFixed(0)} µs; ` +
+        log(`qemu side-by-side (${mode.toUpperCase()}, ${path} notify) run ${i + 1}/${runs}: ping RTT tsvisor ${rtt.tsvisor[i].toFixed(0)} µs, QEMU ${rtt.qemu[i].toFixed(0)} µs; ` +
           `tx-burst tsvisor ${pps.tsvisor[i].toFixed(0)}/s, QEMU ${pps.qemu[i].toFixed(0)}/s; notify tsvisor ${notify.tsvisor[i]} cycles, QEMU ${notify.qemu[i]}`);
       }
       const pair = (x: Record<Vmm, number[]>): PairFigures => ({ tsvisor: summarize(x.tsvisor), qemu: summarize(x.qemu) });
