@@ -1,4 +1,6 @@
 import test from 'ava';
+import { Worker } from 'node:worker_threads';
+import * as libc from '../src/sys/libc.js';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import {
   ChainReader,
@@ -616,4 +618,53 @@ test('UsedRingFlags: one writer API for used->flags; the vCPU side and the Virtq
   t.is(mem.readU16(drv.used), VRING_USED_F_NO_NOTIFY);
   vcpuSide.suppressKicks(false);
   t.is(mem.readU16(drv.used), 0);
+});
+
+test('publish order across threads over mmap memory that is not a SharedArrayBuffer (koffi.view on both sides)', async (t) => {
+  // The guest-RAM case: each thread has its own koffi.view of one mmap. The
+  // worker publishes like Virtqueue.flush (plain stores of the element, then
+  // Atomics.store of the index); this thread reads like pop (Atomics.load of
+  // the index, then plain loads). Every element seen must be complete.
+  const size = 4096;
+  const addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS);
+  try {
+    const u32 = new Uint32Array(libc.view(addr, size));
+    const rounds = 50_000;
+    const ACK = 1023;
+    const code = `
+      const { workerData } = require('node:worker_threads');
+      const koffi = require('koffi');
+      const u32 = new Uint32Array(koffi.view(workerData.addr, workerData.size));
+      for (let i = 1; i <= workerData.rounds; i++) {
+        // Publish round i only once round i-1 was consumed, so the reader races
+        // every publication instead of finding them all done.
+        while (Atomics.load(u32, workerData.ack) !== i - 1) {}
+        const slot = 1 + 2 * (i & 255);
+        u32[slot] = i;                  // element: id
+        u32[slot + 1] = i ^ 0x5a5a5a5a; // element: len
+        Atomics.store(u32, 0, i);       // index, published last
+      }`;
+    const w = new Worker(code, { eval: true, workerData: { addr, size, rounds, ack: ACK } });
+    const done = new Promise((resolve, reject) => { w.once('exit', resolve); w.once('error', reject); });
+    let seen = 0;
+    let torn = 0;
+    const deadline = Date.now() + 60_000;
+    while (seen < rounds) {
+      const idx = Atomics.load(u32, 0);
+      if (idx === seen) {
+        if (Date.now() > deadline) break;
+        continue;
+      }
+      seen = idx;
+      const slot = 1 + 2 * (idx & 255);
+      if (u32[slot] !== idx || u32[slot + 1] !== (idx ^ 0x5a5a5a5a)) torn++;
+      Atomics.store(u32, ACK, idx);
+    }
+    await done;
+    t.is(seen, rounds, 'the worker published every round');
+    t.is(torn, 0);
+    t.log(`${rounds} publications checked`);
+  } finally {
+    libc.munmap(addr, size);
+  }
 });
