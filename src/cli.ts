@@ -68,6 +68,9 @@ Options:
                         exit to userspace; the default is the exit path
   --device NAME         add a PCI device; repeatable. NAME: pci-testdev (QEMU's
                         PCI test device, for kvm-unit-tests' vmexit pci-mem/pci-io)
+  --acpi on|off         ACPI tables and the PM block (PM timer, power-off); by
+                        default on for multiboot kernels, off for Linux, which
+                        gets the MP table
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator
@@ -112,6 +115,7 @@ const RUN_OPTIONS = {
   add: { type: 'string', multiple: true },
   'fw-cfg': { type: 'string', multiple: true },
   device: { type: 'string', multiple: true },
+  acpi: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -205,6 +209,8 @@ async function run(argv: string[]): Promise<number> {
   const addFiles: HostFile[] = (values.add ?? []).map(parseAddOption);
   const fwCfgFiles = (values['fw-cfg'] ?? []).map(parseFwCfgOption);
   const devices = (values.device ?? []).map(deviceName);
+  if (values.acpi !== undefined && values.acpi !== 'on' && values.acpi !== 'off') throw usageError(`--acpi ${values.acpi} is not on or off`, 'write --acpi on or --acpi off');
+  const acpi = values.acpi as 'on' | 'off' | undefined;
   const defaultGuest = values.kernel === undefined;
   let kernel = values.kernel;
   let initrd = values.initrd;
@@ -235,6 +241,7 @@ async function run(argv: string[]): Promise<number> {
     addFiles,
     fwCfgFiles,
     devices,
+    acpi,
   };
 
   if (!netSpec && values.ioeventfd) throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');

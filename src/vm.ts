@@ -15,8 +15,9 @@ import { Vcpu } from './kvm/vcpu.js';
 import * as abi from './kvm/abi.js';
 import { bootXcr0, vcpuCpuid } from './kvm/cpuid.js';
 import { GuestMemory } from './memory/guest-memory.js';
-import { GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE_ADDR, ramRegions } from './boot/layout.js';
+import { BIOS_AREA_START, GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE_ADDR, ramRegions } from './boot/layout.js';
 import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
+import { writeAcpiTables } from './firmware/acpi.js';
 import { pciIntxGsi, PCI_MAX_SLOTS } from './devices/pci/pci-bus.js';
 import { createTransportState } from './devices/virtio/transport-state.js';
 import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
@@ -76,6 +77,12 @@ export interface BootOptions {
    * forces it anywhere (tests of the mechanism on hardware KVM).
    */
   syscallCompletion?: 'auto' | 'on' | 'off';
+  /**
+   * ACPI tables and the PM block they describe (src/firmware/acpi.ts): 'auto'
+   * (default) gives them to multiboot kernels (kvm-unit-tests reads the FADT)
+   * and not to Linux, which gets the MP table; 'on' gives them to Linux too.
+   */
+  acpi?: 'auto' | 'on' | 'off';
 }
 
 export interface VmExit {
@@ -341,6 +348,7 @@ export class Vm {
       // Load the kernel by what it is.
       let cpu: BootCpuState;
       let info: BootInfo;
+      let acpi = false;
       const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
       if ('multiboot' in image) {
         // --initrd is module 0 (kvm-unit-tests reads its environment there), named by its path.
@@ -348,6 +356,7 @@ export class Vm {
         const loaded = loadMultiboot(mem, memBytes, kernelBytes, image.multiboot, { cmdline: opts.cmdline ?? '', kernelName, module });
         cpu = loaded;
         info = { format: 'multiboot', cmdline: loaded.cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
+        acpi = (opts.acpi ?? 'auto') !== 'off';
       } else {
         const kernel = image.linux;
         const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
@@ -358,7 +367,11 @@ export class Vm {
           pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
         });
         info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
+        acpi = opts.acpi === 'on';
       }
+
+      // In the BIOS area below the MP table, where a guest scans for the RSDP.
+      if (acpi) writeAcpiTables(mem, BIOS_AREA_START, { apicIds: [0] });
 
       const cpuid = vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind);
       vcpu.setCpuid(cpuid);
@@ -381,6 +394,7 @@ export class Vm {
         vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
         syscallCompletion: opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm'),
         // Every guest gets fw_cfg, as under QEMU (kvm-unit-tests needs its CPU count).
+        acpi,
         fwCfg: fwCfgItems({ ramBytes: memBytes, cpus: 1, files: fwCfgFiles }),
       };
       return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));

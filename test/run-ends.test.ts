@@ -18,6 +18,22 @@ kvmTest('a guest that halts with interrupts off (Linux power-off without ACPI) e
   t.is(r.status, 0);
 }, firmwareMissing('halt'));
 
+kvmTest('ACPI: a multiboot guest finds the RSDP and FADT, the PM timer runs, and a write of \\_S5 to PM1a_CNT powers off with status 0', (t) => {
+  const r = tsvisor(['run', '--kernel', firmwareImage('acpi'), '--mem', '16', '--timeout', '30', '--verbose']);
+  t.regex(r.stdout, /acpi: rsdp 0x[0-9a-f]+ rev 2; facp pm1a_cnt=0xb004 pm_tmr=0xb008 sci=9/);
+  t.regex(r.stdout, /acpi: pm timer advanced [1-9]\d* ticks/);
+  t.regex(r.stdout, /acpi: powering off with SLP_TYP 5/);
+  t.notRegex(r.stdout, /FAIL/);
+  t.regex(r.stderr, /powered off \(ACPI S5\)/);
+  t.is(r.status, 0);
+}, firmwareMissing('acpi'));
+
+kvmTest('--acpi off: the same guest finds no RSDP and says so (debug-exit 1, status 3)', (t) => {
+  const r = tsvisor(['run', '--kernel', firmwareImage('acpi'), '--acpi', 'off', '--mem', '16', '--timeout', '30']);
+  t.regex(r.stdout, /acpi: FAIL no RSDP/);
+  t.is(r.status, 3);
+}, firmwareMissing('acpi'));
+
 kvmTest('a triple fault ends the run with status 3 and the registers', (t) => {
   const r = tsvisor(['run', '--kernel', firmwareImage('triple-fault'), '--mem', '16', '--timeout', '30']);
   t.regex(r.stderr, /triple-faulted \(KVM_EXIT_SHUTDOWN\) at rip=0x[0-9a-f]+ .*cr0=/);

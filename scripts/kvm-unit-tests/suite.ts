@@ -253,7 +253,8 @@ export interface TestSpec {
 /**
  * The tests CI runs under tsvisor. The cfg has `smptest` with smp = 2 (and
  * smptest3 with 3): tsvisor has one vCPU, so CI runs it with smp = 1. Of
- * vmexit's sub-tests only cpuid has a section (vmexit_cpuid); inl_from_qemu,
+ * vmexit's sub-tests cpuid and inl_from_pmtimer (the ACPI PM timer the FADT
+ * names) have sections (vmexit_cpuid, vmexit_inl_pmtimer); inl_from_qemu,
  * pci-mem and pci-io are variants of it with other test_args.
  */
 export const CI_TESTS: readonly TestSpec[] = [
@@ -262,6 +263,7 @@ export const CI_TESTS: readonly TestSpec[] = [
   { name: 'idt_test' },
   { name: 'tsc' },
   { name: 'vmexit_cpuid' },
+  { name: 'vmexit_inl_pmtimer' },
   { name: 'vmexit_inl_from_qemu', from: 'vmexit_cpuid', testArgs: "'inl_from_qemu'", note: 'not in the cfg: vmexit_cpuid with test_args inl_from_qemu' },
   { name: 'vmexit_pci_mem', from: 'vmexit_cpuid', testArgs: "'pci-mem'", note: 'not in the cfg: vmexit_cpuid with test_args pci-mem' },
   { name: 'vmexit_pci_io', from: 'vmexit_cpuid', testArgs: "'pci-io'", note: 'not in the cfg: vmexit_cpuid with test_args pci-io' },

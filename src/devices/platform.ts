@@ -3,7 +3,7 @@
 // delays. Each is a few lines; together they end runs and absorb noise.
 import type { PioDevice } from '../bus/io-bus.js';
 
-export type MachineEvent = { kind: 'reset' } | { kind: 'debug-exit'; code: number };
+export type MachineEvent = { kind: 'reset' } | { kind: 'poweroff' } | { kind: 'debug-exit'; code: number };
 
 /** i8042 keyboard controller: only what a guest without a keyboard touches. 0xFE on port 0x64 pulses CPU reset. */
 export class I8042 implements PioDevice {

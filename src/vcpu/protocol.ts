@@ -25,6 +25,8 @@ export interface VcpuWorkerData {
   syscallCompletion?: boolean;
   /** fw_cfg's items (src/devices/fw-cfg.ts), built by the main thread; the worker answers ports 0x510-0x511 with them. */
   fwCfg?: FwCfgItem[];
+  /** The ACPI tables were written: answer their PM block (src/devices/acpi-pm.ts). */
+  acpi?: boolean;
 }
 
 // Control words (Int32Array over `control`).

@@ -11,6 +11,7 @@ import { MmioBus, PioBus } from '../bus/io-bus.js';
 import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { FwCfg, FW_CFG_PORT_SEL } from '../devices/fw-cfg.js';
+import { AcpiPm, ACPI_PM_BASE, ACPI_PM_LENGTH } from '../devices/acpi-pm.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { SyscallCompletion } from './syscall-completion.js';
@@ -32,6 +33,7 @@ const mmio = new MmioBus();
 let loop: RunLoop;
 const onEvent = (e: MachineEvent) => {
   if (e.kind === 'reset') loop.finish({ kind: 'reset', message: 'the guest reset the machine' });
+  else if (e.kind === 'poweroff') loop.finish({ kind: 'poweroff', message: 'the guest powered off (ACPI S5)' });
   else loop.finish({ kind: 'debug-exit', code: e.code, message: `the guest wrote 0x${e.code.toString(16)} to the debug-exit port` });
 };
 
@@ -50,6 +52,8 @@ pio.register(new DebugExit(onEvent), DEBUG_EXIT_PORT, DEBUG_EXIT_IOSIZE);
 pio.register(new Sink('post'), 0x80, 1);
 // fw_cfg: the selector and data ports.
 if (data.fwCfg) pio.register(new FwCfg(data.fwCfg), FW_CFG_PORT_SEL, 2);
+// The ACPI PM block the FADT names: PM timer, power-off through PM1a control.
+if (data.acpi) pio.register(new AcpiPm(() => onEvent({ kind: 'poweroff' })), ACPI_PM_BASE, ACPI_PM_LENGTH);
 // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
 createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm, vm });
 
