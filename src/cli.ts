@@ -68,9 +68,8 @@ Options:
                         exit to userspace; the default is the exit path
   --device NAME         add a PCI device; repeatable. NAME: pci-testdev (QEMU's
                         PCI test device, for kvm-unit-tests' vmexit pci-mem/pci-io)
-  --acpi on|off         ACPI tables and the PM block (PM timer, power-off); by
-                        default on for multiboot kernels, off for Linux, which
-                        gets the MP table
+  --acpi on|off         ACPI tables and the PM block (PM timer, power-off) for
+                        multiboot kernels (default on); Linux gets the MP table
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator
