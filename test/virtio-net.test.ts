@@ -10,7 +10,7 @@ import {
   VirtioNetConfig, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_S_ANNOUNCE, parseMac, formatMac, checkQueueSize, netQueueSizes, NET_WORD_TX_WAITING,
 } from '../src/devices/net/virtio-net-config.js';
 import {
-  featureSet, validateFeatures, vnetHeaderSize, offeredFeatures, tunOffloadsFor, hasFeature, featureNames,
+  FEATURE_DEPENDENCIES, FEATURE_NAMES, featureSet, validateFeatures, vnetHeaderSize, offeredFeatures, tunOffloadsFor, hasFeature, featureNames,
   VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
   VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_GUEST_ANNOUNCE,
   VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO,
@@ -547,4 +547,19 @@ test.serial('RX with EVENT_IDX: after a stall the next refill by the guest kicks
   t.true(r.rx.kick(), 'avail_event was re-armed at the stall');
   r.vcpu.onQueueNotify(0);
   await until(() => r.rx.usedIdx() === 2, 2000, 'second frame');
+});
+
+test('validateFeatures: every dependency pair of virtio 1.2 §5.1.3.1, alone refused and with each alternative accepted', (t) => {
+  const needs = new Map(FEATURE_DEPENDENCIES);
+  // A bit plus what it needs, taking the first alternative all the way down.
+  const closure = (bit: number): number[] => [bit, ...(needs.get(bit) ? closure(needs.get(bit)![0]) : [])];
+  let pairs = 0;
+  for (const [f, alternatives] of FEATURE_DEPENDENCIES) {
+    t.is(validateFeatures(featureSet(f)), `${FEATURE_NAMES[f]} needs ${alternatives.map((n) => FEATURE_NAMES[n]).join(' or ')}`);
+    for (const n of alternatives) {
+      t.is(validateFeatures(featureSet(f, ...closure(n))), null, `${FEATURE_NAMES[f]} with ${FEATURE_NAMES[n]}`);
+      pairs++;
+    }
+  }
+  t.is(pairs, 17);
 });

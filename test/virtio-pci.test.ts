@@ -272,7 +272,7 @@ test('modern register file: features with VERSION_1, queues, notify region, conf
   t.deepEqual(device.statuses.at(-1), [0xb, 0xf]);
 });
 
-test('feature negotiation: FEATURES_OK refused for a missing dependency, unoffered bits, or no VERSION_1', (t) => {
+test('feature negotiation: FEATURES_OK refused for a missing dependency or no VERSION_1; unoffered bits masked', (t) => {
   const s = setup();
   const { dev, state, common: { r, w } } = s;
   // GUEST_TSO4 without GUEST_CSUM: the device refuses, FEATURES_OK does not stick.
@@ -289,10 +289,10 @@ test('feature negotiation: FEATURES_OK refused for a missing dependency, unoffer
   t.is(r(VIRTIO_PCI_COMMON_GF, 4), Number(bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM)));
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
   t.is(state.driverFeatures, 0n);
-  // Unoffered bit (bit 40).
-  st = negotiateModern(s, bitOf(40) | bitOf(F_VERSION_1));
-  t.is(st & VIRTIO_CONFIG_S_FEATURES_OK, 0);
-  t.regex(dev.lastError, /did not offer/);
+  // Unoffered bits (bit 40, bit 2) are masked off as they are written: FEATURES_OK then holds for what remains.
+  st = negotiateModern(s, bitOf(40) | bitOf(2) | bitOf(F_MAC) | bitOf(F_VERSION_1));
+  t.is(st & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+  t.is(state.driverFeatures, bitOf(F_MAC) | bitOf(F_VERSION_1));
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
   // Modern interface without VERSION_1.
   st = negotiateModern(s, bitOf(F_MAC));
@@ -622,4 +622,63 @@ test('vCPU-side KVM rebinds that fail are counted and logged at a bounded rate, 
   t.is(f.lastError, 'MSI-X route update: KVM_SET_GSI_ROUTING: ENOSPC');
   t.true(lines.length >= 1 && lines.length <= 10, `${lines.length} lines`);
   t.regex(lines[0], /MSI-X route update: KVM_SET_GSI_ROUTING: ENOSPC \(the guest keeps running/);
+});
+
+const S_ACK_DRIVER = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+
+test('feature negotiation: every path to DRIVER_OK checks the features, whichever interface wrote them', (t) => {
+  const s = setup();
+  const { dev, state, common: { w } } = s;
+  // Legacy: there is no FEATURES_OK, so DRIVER_OK is where a missing dependency is caught.
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER);
+  dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, Number(bitOf(F_GUEST_TSO4)));
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+  t.regex(dev.lastError, /refused the feature set/);
+  dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, Number(bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM)));
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
+  // Frozen from DRIVER_OK: a legacy rewrite is ignored, so both threads keep one set.
+  dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, Number(bitOf(F_MAC)));
+  t.is(state.driverFeatures, bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM));
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, 0);
+
+  // The modern/legacy mix: features through the modern registers, DRIVER_OK through the legacy status register.
+  const refused = dev.stats.refusedFeatures;
+  w(VIRTIO_PCI_COMMON_STATUS, 1, S_ACK_DRIVER);
+  w(VIRTIO_PCI_COMMON_GFSELECT, 4, 0);
+  w(VIRTIO_PCI_COMMON_GF, 4, Number(bitOf(F_MAC)));
+  w(VIRTIO_PCI_COMMON_GFSELECT, 4, 1);
+  w(VIRTIO_PCI_COMMON_GF, 4, 1); // VERSION_1
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+  t.regex(dev.lastError, /legacy interface did not offer/);
+  t.is(dev.stats.refusedFeatures, refused + 1);
+  // Modern DRIVER_OK without FEATURES_OK.
+  w(VIRTIO_PCI_COMMON_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+  t.regex(dev.lastError, /without FEATURES_OK/);
+});
+
+test('feature negotiation: after a reset the driver negotiates a different set from scratch', (t) => {
+  const s = setup();
+  const { dev, state, common: { w, r } } = s;
+  t.is(negotiateModern(s, bitOf(F_MAC) | bitOf(F_EVENT_IDX) | bitOf(F_VERSION_1)) & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+  w(VIRTIO_PCI_COMMON_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.true(state.modern);
+  w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
+  t.is(state.driverFeatures, 0n);
+  // Legacy this time, a smaller set.
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER);
+  dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, 0xffffffff);
+  t.is(state.driverFeatures, OFFERED & 0xffffffffn, 'masked to the legacy offer');
+  dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+  t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
+  t.false(state.modern);
+  w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
+  // Modern again, with the dependency satisfied this time.
+  t.is(negotiateModern(s, bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM) | bitOf(F_VERSION_1)) & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+  w(VIRTIO_PCI_COMMON_GFSELECT, 4, 0);
+  t.is(r(VIRTIO_PCI_COMMON_GF, 4), Number(bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM)));
+  t.true(state.modern);
 });

@@ -143,7 +143,7 @@ export function offeredFeatures(opts: OfferOptions): number {
 }
 
 /** [feature, "needs one of"] pairs from virtio 1.2 §5.1.3.1. */
-const DEPENDENCIES: ReadonlyArray<[number, number[]]> = [
+export const FEATURE_DEPENDENCIES: ReadonlyArray<[number, number[]]> = [
   [VIRTIO_NET_F_GUEST_TSO4, [VIRTIO_NET_F_GUEST_CSUM]],
   [VIRTIO_NET_F_GUEST_TSO6, [VIRTIO_NET_F_GUEST_CSUM]],
   [VIRTIO_NET_F_GUEST_ECN, [VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6]],
@@ -165,15 +165,16 @@ const DEPENDENCIES: ReadonlyArray<[number, number[]]> = [
  * Checks a driver's feature choice (virtio 1.2 §5.1.3.1): null when it is
  * acceptable, else the first violated rule as text ("GUEST_TSO4 needs
  * GUEST_CSUM"). Bits outside `offered` are refused as well when given.
- * Called when a modern driver sets FEATURES_OK (the transport then leaves
- * FEATURES_OK clear) and at DRIVER_OK for legacy drivers.
+ * Called through VirtioNetVcpu.validateFeatures when a modern driver sets
+ * FEATURES_OK (the transport then leaves FEATURES_OK clear) and when a legacy
+ * driver sets DRIVER_OK (the transport then leaves DRIVER_OK clear).
  */
 export function validateFeatures(driver: number, offered?: number): string | null {
   if (offered !== undefined && featureAnd(driver, offered) !== driver) {
     const extra = featureNames(driver - featureAnd(driver, offered));
     return `driver accepted features the device did not offer: ${extra.join(', ')}`;
   }
-  for (const [f, needs] of DEPENDENCIES) {
+  for (const [f, needs] of FEATURE_DEPENDENCIES) {
     if (!hasFeature(driver, f)) continue;
     if (!needs.some((n) => hasFeature(driver, n))) {
       return `${FEATURE_NAMES[f]} needs ${needs.map((n) => FEATURE_NAMES[n]).join(' or ')}`;

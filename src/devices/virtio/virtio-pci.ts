@@ -23,7 +23,7 @@ import { GuestErrorLog } from './guest-error-log.js';
 import type { TransportState } from './transport-state.js';
 import { InterruptSender, type IrqSink } from './interrupt-sender.js';
 import { VcpuResetHandshake } from './reset-handshake.js';
-import { VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, type VirtioDeviceVcpuSide } from './virtio-device.js';
+import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, type VirtioDeviceVcpuSide } from './virtio-device.js';
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
 /** Transitional PCI device ids per virtio device id (virtio 1.2 §4.1.2.1). */
@@ -352,16 +352,20 @@ export class VirtioPciDevice extends PciDevice {
     return v < this.state.msixVectors ? v : MSIX_NO_VECTOR;
   }
 
-  /** @internal */
+  /** Features are fixed from FEATURES_OK (modern) or DRIVER_OK (either interface) until a reset: both threads then read one set. */
+  private featuresFrozen(): boolean {
+    return (this.state.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK)) !== 0;
+  }
+
+  /** @internal Modern driver_feature: word `sel`, masked to what was offered there (virtio 1.2 §2.2.1: a driver accepts only offered bits). */
   writeDriverFeatures(sel: number, v: number): void {
-    // Features are fixed once FEATURES_OK is set.
-    if (this.state.status & VIRTIO_CONFIG_S_FEATURES_OK) return;
-    this.state.setDriverFeaturesWord(sel, v);
+    if (this.featuresFrozen()) return;
+    this.state.setDriverFeaturesWord(sel, v & this.offeredWord(sel, true));
   }
 
   /** @internal Legacy guest_features: only the low word, masked to what was offered there. */
   writeLegacyFeatures(v: number): void {
-    if (this.state.status & VIRTIO_CONFIG_S_FEATURES_OK) return;
+    if (this.featuresFrozen()) return;
     this.state.setDriverFeaturesWord(0, v & this.offeredLo);
     this.state.setDriverFeaturesWord(1, 0);
     this.state.modern = false;
@@ -378,15 +382,49 @@ export class VirtioPciDevice extends PciDevice {
     const old = s.status;
     if (!legacy && v & VIRTIO_CONFIG_S_FEATURES_OK && !(old & VIRTIO_CONFIG_S_FEATURES_OK) && !this.featuresAcceptable()) {
       v &= ~VIRTIO_CONFIG_S_FEATURES_OK;
-      this.stats.refusedFeatures++;
-      if (this.log.admit()) this.log.write(`refused FEATURES_OK: ${this.lastError}`);
+      this.refuseFeatures('FEATURES_OK');
     }
     if (!legacy && v & VIRTIO_CONFIG_S_FEATURES_OK) s.modern = s.hasDriverFeature(VIRTIO_F_VERSION_1);
+    // Every path to DRIVER_OK checks the features, whichever interface wrote them.
+    if (v & VIRTIO_CONFIG_S_DRIVER_OK && !(old & VIRTIO_CONFIG_S_DRIVER_OK) && !this.driverOkAcceptable(legacy, v)) {
+      v &= ~VIRTIO_CONFIG_S_DRIVER_OK;
+      this.refuseFeatures('DRIVER_OK');
+    }
     // NEEDS_RESET is the device's to set (the main thread may set it meanwhile) and only a reset clears it.
     let cur = old;
     while (!s.casStatus(cur, v | (cur & VIRTIO_CONFIG_S_NEEDS_RESET))) cur = s.status;
     v |= cur & VIRTIO_CONFIG_S_NEEDS_RESET;
     if (v !== old) this.device.onStatusChange(old, v);
+  }
+
+  private refuseFeatures(what: string): void {
+    this.stats.refusedFeatures++;
+    if (this.log.admit()) this.log.write(`refused ${what}: ${this.lastError}`);
+  }
+
+  /**
+   * DRIVER_OK check. Modern: FEATURES_OK must have been accepted (that is
+   * where the set was checked). Legacy (virtio 0.9.5 has no FEATURES_OK, so
+   * this is the only check): the set must be one the legacy interface offered
+   * (low word, no VERSION_1; a driver that wrote the modern feature registers
+   * and then the legacy status register fails here) and one the device accepts.
+   */
+  private driverOkAcceptable(legacy: boolean, status: number): boolean {
+    const s = this.state;
+    if (!legacy) {
+      if (status & VIRTIO_CONFIG_S_FEATURES_OK) return true;
+      this.lastError = 'DRIVER_OK on the modern interface without FEATURES_OK';
+      return false;
+    }
+    if (s.driverFeaturesWord(1) !== 0 || (s.driverFeaturesWord(0) & ~this.offeredLo) !== 0) {
+      this.lastError = 'features the legacy interface did not offer (modern feature writes, then a legacy status write)';
+      return false;
+    }
+    if (!this.device.validateFeatures(s.driverFeatures)) {
+      this.lastError = 'the device refused the feature set';
+      return false;
+    }
+    return true;
   }
 
   /** FEATURES_OK check: a subset of the offer, with VERSION_1, that the device accepts. */
