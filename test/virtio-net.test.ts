@@ -5,7 +5,7 @@ import test, { type ExecutionContext } from 'ava';
 import { DoorbellRinger } from '../src/loop/main-loop.js';
 import { VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK } from '../src/devices/virtio/transport-state.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, DescriptorChain } from '../src/devices/virtio/virtqueue.js';
-import { resolveNetOptions, VirtioNet, VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_VLAN, VIRTIO_NET_ERR, VIRTIO_NET_OK, type VirtioNetOptions } from '../src/devices/net/virtio-net.js';
+import { resolveNetOptions, VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK, VIRTIO_NET_CTRL_MAC, VIRTIO_NET_CTRL_MAC_ADDR_SET, VIRTIO_NET_CTRL_MAC_TABLE_SET, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, VIRTIO_NET_CTRL_VLAN, VIRTIO_NET_ERR, VIRTIO_NET_OK } from '../src/devices/net/virtio-net.js';
 import {
   VirtioNetConfig, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_S_ANNOUNCE, parseMac, formatMac, checkQueueSize, netQueueSizes, NET_WORD_TX_WAITING,
 } from '../src/devices/net/virtio-net-config.js';

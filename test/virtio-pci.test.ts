@@ -8,7 +8,7 @@ import { GuestMemory } from '../src/memory/guest-memory.js';
 import { PciBus } from '../src/devices/pci/pci-bus.js';
 import { PCI_CAP_ID_VNDR, PCI_COMMAND } from '../src/devices/pci/config-space.js';
 import { PCI_CAP_ID_MSIX, PCI_MSIX_FLAGS_ENABLE, PCI_MSIX_FLAGS_MASKALL } from '../src/devices/pci/msix.js';
-import { legacyVringLayout, Virtqueue } from '../src/devices/virtio/virtqueue.js';
+import { legacyVringLayout } from '../src/devices/virtio/virtqueue.js';
 import {
   createTransportState, InterruptSender, MainResetHandshake, MSIX_NO_VECTOR, TransportState, VcpuResetHandshake,
   VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,

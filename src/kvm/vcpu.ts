@@ -3,10 +3,10 @@
 // `runDv` without allocating; the rest is setup and rare fix-ups.
 import * as libc from '../sys/libc.js';
 import { native } from '../native.js';
-
-const kvmRun = native().kvmRun;
 import * as abi from './abi.js';
 import { CPUID_ENTRY_SIZE, type CpuidEntry } from './system.js';
+
+const kvmRun = native().kvmRun;
 
 export interface Segment {
   base: bigint;

@@ -88,6 +88,8 @@ export class NetNamespace {
       try {
         return fn();
       } finally {
+        // Failing to get back to our own namespace must win over fn's own error: nothing after it is safe.
+        // eslint-disable-next-line no-unsafe-finally
         if (setns(self, CLONE_NEWNET) !== 0) throw new libc.SyscallError('setns (back)', libc.errno());
       }
     } finally {

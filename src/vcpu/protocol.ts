@@ -4,6 +4,7 @@ import type { SerialShared } from '../devices/serial.js';
 import type { HostKind } from '../kvm/system.js';
 import type { VcpuDeviceSpec } from '../devices/virtio/vcpu-devices.js';
 import type { FwCfgItem } from '../devices/fw-cfg.js';
+import type { ThreadCpu } from '../util/thread-cpu.js';
 
 export interface VcpuWorkerData {
   vcpuFd: number;
@@ -53,8 +54,6 @@ export type ExitKind =
   | 'panic'            // the guest kernel panicked
   | 'no-init'          // the guest ended before its init ran
   | 'no-status';       // the guest ended after init started, without the command's status
-
-import type { ThreadCpu } from '../util/thread-cpu.js';
 
 export interface ExitStats {
   exitsByReason: Record<string, number>;
