@@ -258,6 +258,73 @@ test.serial('TX: EAGAIN parks the chain, writable resumes it, order is kept', as
   t.is(s.txKicks, 1);
 });
 
+/** Parks a chain of N (the socket fills), then lets pending wake-ups pass: only the fd watch can resume TX. */
+async function parkTx(t: ExecutionContext, N: number): Promise<Rig> {
+  const r = rig(t, { sndbuf: 4096 });
+  for (let i = 0; i < N; i++) addTx(r, DATA + i * 0x1000, ethFrame(PEER, MAC, 0x0800, 1000, i));
+  r.tx.kick();
+  r.vcpu.onQueueNotify(1);
+  await until(() => r.net.stats.txParked > 0, 2000, 'a parked packet');
+  await settle(50);
+  t.true(r.net['events'].watchingWritable, 'parked, waiting for POLLOUT');
+  return r;
+}
+
+/**
+ * libuv reports a poll error (as it does for POLLERR) on the backend fd: the
+ * FdHandler turns both watches off and calls onError. The backend is still
+ * attached, so this is not a deleted TAP. A socketpair cannot be made to poll
+ * POLLERR, so the event goes in through the watch's own entry point.
+ */
+function pollError(r: Rig): void {
+  r.net['events']['fd']['event'](true, true, true);
+}
+
+async function drainAll(r: Rig, N: number): Promise<Uint8Array[]> {
+  const got: Uint8Array[] = [];
+  await until(() => {
+    got.push(...r.backend.receiveAll());
+    return r.tx.usedIdx() === N;
+  }, 5000, 'every chain back on the used ring');
+  await settle();
+  got.push(...r.backend.receiveAll());
+  return got;
+}
+
+test.serial('TX: a poll error while a chain is parked and the backend is still full drops that chain, returns it, and TX goes on', async (t) => {
+  const N = 40;
+  const r = await parkTx(t, N);
+  const partial = r.tx.usedIdx();
+  pollError(r);
+  t.is(r.net.stats.backendErrors, 1);
+  // Nothing drained yet: the retry meets EAGAIN again.
+  await settle(50);
+  const s = r.net.stats;
+  t.is(s.drops.txPollError, 1, 'the parked chain was dropped and counted');
+  t.is(r.tx.usedIdx(), partial + 1, 'and the guest has it back');
+  t.true(r.net['events'].watchingWritable, 'the next chain parked and armed the watch again');
+  // The host side drains: TX resumes on POLLOUT, without a kick from the guest.
+  const got = await drainAll(r, N);
+  t.is(got.length, N - 1);
+  t.is(s.txPackets, N - 1);
+  const seen = got.map((f) => f[12 + 14]);
+  t.deepEqual(seen, [...Array(N).keys()].filter((i) => i !== partial), 'in order, without the dropped frame');
+  t.is(s.txKicks, 1);
+});
+
+test.serial('TX: a poll error while a chain is parked and the backend has room sends the chain', async (t) => {
+  const N = 40;
+  const r = await parkTx(t, N);
+  const got = r.backend.receiveAll(); // room again, but the POLLOUT is lost to the error
+  pollError(r);
+  got.push(...(await drainAll(r, N)));
+  const s = r.net.stats;
+  t.is(s.drops.txPollError, 0);
+  t.is(got.length, N);
+  t.deepEqual(got.map((f) => f[12 + 14]), [...Array(N).keys()]);
+  t.true(s.txResumed >= 1);
+});
+
 test.serial('TX: zero-length frames are dropped and returned; short headers and writable buffers break the device', async (t) => {
   const r = rig(t);
   r.mem.write(DATA, new Uint8Array(12));

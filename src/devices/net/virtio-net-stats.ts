@@ -44,6 +44,8 @@ export interface VirtioNetStats {
     txZeroLength: number;
     txLinkDown: number;
     txWriteError: number;
+    /** A chain parked on EAGAIN when the backend fd's watch failed, and still EAGAIN on the retry. */
+    txPollError: number;
     rxTruncated: number;
     rxTooBig: number;
     rxRunt: number;
@@ -66,7 +68,7 @@ export function emptyStats(): VirtioNetStats {
     txBhRuns: 0, txBurstReschedules: 0, txRaceRechecks: 0, txParked: 0, txResumed: 0,
     txInterrupts: 0, rxInterrupts: 0, ctrlInterrupts: 0, configInterrupts: 0,
     rxStalls: 0, rxResumes: 0, rxReadableCallbacks: 0, rxBatches: 0, ctrlCommands: 0, ctrlErrors: 0, ctrlBurstReschedules: 0, backendErrors: 0,
-    drops: { txZeroLength: 0, txLinkDown: 0, txWriteError: 0, rxTruncated: 0, rxTooBig: 0, rxRunt: 0, rxFiltered: 0, rxReadError: 0 },
+    drops: { txZeroLength: 0, txLinkDown: 0, txWriteError: 0, txPollError: 0, rxTruncated: 0, rxTooBig: 0, rxRunt: 0, rxFiltered: 0, rxReadError: 0 },
     deviceErrors: [], lastErrno: 0, backendLost: null,
   };
 }

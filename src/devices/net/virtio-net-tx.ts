@@ -8,7 +8,9 @@
 // header size). EAGAIN parks the chain until the fd is writable (`resume`).
 // After `burst` packets the BH reschedules itself; after fewer it re-enables
 // kicks and re-checks the ring (the race with a guest that added buffers
-// meanwhile). Used entries are published once per flush (or whenever a
+// meanwhile). A poll error on the fd ends the wait for POLLOUT (libuv stops
+// the watch): the parked chain is tried once more, and dropped (counted as
+// txPollError, returned to the guest) if the backend still says EAGAIN. Used entries are published once per flush (or whenever a
 // ring's worth is pending), and at most one interrupt follows each publish.
 import { EAGAIN, EBADFD, EINTR } from '../../sys/libc.js';
 import { DescriptorChain, type Virtqueue } from '../virtio/virtqueue.js';
@@ -30,6 +32,8 @@ export class NetTx {
   private chain = new DescriptorChain();
   private parkedChain = new DescriptorChain();
   private hasParked = false;
+  /** The fd watch failed while a chain was parked: EAGAIN on the retry drops it instead of waiting. */
+  private dropParkedOnEagain = false;
   private readonly iov: Iovecs;
 
   constructor(
@@ -52,6 +56,7 @@ export class NetTx {
   /** Device reset: forget the parked chain and tx_waiting. */
   reset(): void {
     this.hasParked = false;
+    this.dropParkedOnEagain = false;
     Atomics.store(this.words, NET_WORD_TX_WAITING, 0);
   }
 
@@ -88,6 +93,21 @@ export class NetTx {
   resume(): void {
     this.events.watchWritable(false);
     if (!this.ctx.active) return;
+    this.events.scheduleTx();
+  }
+
+  /**
+   * The backend fd's watch reported a poll error while the backend is still
+   * attached (a deleted TAP goes through VirtioNet.backendLost instead).
+   * libuv stopped the watch, so the POLLOUT a parked chain waits for will not
+   * come and, with kicks off while TX works, neither will a guest kick: run
+   * the TX bottom half again. It retries the parked chain; if that is EAGAIN
+   * again the chain is dropped, so TX goes on and never waits on a watch that
+   * failed. The next EAGAIN parks and arms the watch afresh.
+   */
+  pollError(): void {
+    if (!this.hasParked || !this.ctx.active) return;
+    this.dropParkedOnEagain = true;
     this.events.scheduleTx();
   }
 
@@ -154,6 +174,16 @@ export class NetTx {
       }
       let r = ctx.backend.writev(iov.address, iov.count);
       if (r === -EINTR) r = ctx.backend.writev(iov.address, iov.count);
+      if (r === -EAGAIN && this.hasParked && this.dropParkedOnEagain) {
+        // The watch failed while this chain waited (pollError): drop it rather than wait again.
+        this.hasParked = false;
+        this.dropParkedOnEagain = false;
+        s.drops.txPollError++;
+        q.fill(chain.head, 0, filled++);
+        done++;
+        if (filled === maxFill) filled = this.publish(filled);
+        continue;
+      }
       if (r === -EAGAIN) {
         if (!this.hasParked) {
           // Keep the chain: swap it into the parked slot, the next pop fills the other object.
@@ -169,6 +199,7 @@ export class NetTx {
       }
       if (this.hasParked) {
         this.hasParked = false;
+        this.dropParkedOnEagain = false;
         s.txResumed++;
       }
       if (r < 0) {

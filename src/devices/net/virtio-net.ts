@@ -219,6 +219,8 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     // libuv stopped the watch; look again when the guest next adds RX buffers.
     this.counters.lastErrno = -1;
     this.rx.waitForKick();
+    // A chain parked on EAGAIN was waiting for this watch: retry it now (or drop it), never wait on.
+    this.tx.pollError();
   }
 
   // ---------------------------------------------------------------- status
