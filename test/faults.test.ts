@@ -153,9 +153,9 @@ function vmRssKiB(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
-/** utime + stime of a process, in clock ticks (USER_HZ, 100 on Linux). */
-function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** utime + stime of a process (or, with `tid`, of one of its threads), in clock ticks (USER_HZ, 100 on Linux). */
+function cpuTicks(pid: number, tid?: number): number {
+  const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return Number(f[11]) + Number(f[12]);
 }
@@ -211,16 +211,21 @@ kvmTestSerial('TAP deleted under a running guest: one line says so, the guest se
   t.false(net.exists(), 'the TAP is gone');
   await r.waitFor(/went away/, 'stderr');
   await r.waitFor(/link-watch: link=down/);
-  // The link-less guest keeps running; sample tsvisor's CPU time over 2 s of it (logged, not asserted).
+  // The link-less guest keeps running; sample tsvisor's CPU time over 2 s of it: the whole process,
+  // and the main thread (its tid is the pid), where the main loop and the device's fd watch run.
   const c0 = cpuTicks(r.pid);
+  const m0 = cpuTicks(r.pid, r.pid);
+  const w0 = process.hrtime.bigint();
   await sleep(2000);
   const linkless = cpuTicks(r.pid) - c0;
+  const mainLoop = cpuTicks(r.pid, r.pid) - m0;
+  const wallTicks = Number(process.hrtime.bigint() - w0) / 1e7; // USER_HZ = 100: one tick is 10 ms
   const e = await exitWithin(r, 240_000);
   t.false(e.hung, 'tsvisor ended (no hang)');
   const s = readStats(r);
   t.log(`stdout: ${r.stdout().trim().split('\n').join(' | ')}`);
   t.log(`stderr: ${r.stderr().trim()}`);
-  t.log(`CPU over 2 s without a TAP: ${linkless} ticks (${linkless}% of one core); net: backendErrors ${s.net.backendErrors}, txLinkDown ${s.net.drops.txLinkDown}, txWriteError ${s.net.drops.txWriteError}, rxReadError ${s.net.drops.rxReadError}`);
+  t.log(`CPU over ${(wallTicks / 100).toFixed(2)} s without a TAP: ${linkless} ticks (${Math.round((100 * linkless) / wallTicks)}% of one core), main thread ${mainLoop} ticks; net: backendErrors ${s.net.backendErrors}, txLinkDown ${s.net.drops.txLinkDown}, txWriteError ${s.net.drops.txWriteError}, rxReadError ${s.net.drops.rxReadError}`);
   t.is(s.kind, 'debug-exit', 'the guest ended the run itself, by its own timeout');
   t.is(e.code, 3, 'link-watch saw 1 of 2 changes: debug-exit code 1, status (1 << 1) | 1');
   t.regex(r.stdout(), /link-watch: 1 changes config_irqs=1 frames=\d+ sent=\d+/);
@@ -232,6 +237,10 @@ kvmTestSerial('TAP deleted under a running guest: one line says so, the guest se
   t.true(s.net.drops.txLinkDown > 0, `datagrams sent without a link were dropped and counted: ${s.net.drops.txLinkDown}`);
   // A detached tun fd polls POLLERR forever: the fd watch must be gone after the first report.
   t.true(s.net.backendErrors <= 1, `poll errors reported: ${s.net.backendErrors}`);
+  // No spinning: a main loop woken over and over by the dead fd would use a whole core (~100 %), on
+  // top of the vCPU thread. The bound is generous (the doc measured about 6 %) but real.
+  t.true(linkless < wallTicks / 2, `tsvisor used ${linkless} ticks of CPU in ${wallTicks.toFixed(0)} ticks of wall time without a TAP (< 50 % of one core expected)`);
+  t.true(mainLoop < wallTicks / 2, `the main thread used ${mainLoop} ticks in ${wallTicks.toFixed(0)} (< 50 % of one core expected)`);
   t.true(s.net.drops.rxReadError + s.net.drops.txWriteError <= 2, 'at most the one read/write that met the deleted TAP failed');
 }, needs('link-watch'));
 
