@@ -95,7 +95,10 @@ if (lane === 'host' || (lane === 'auto' && hostKvm)) {
 }
 if (inLane.length) {
   // A bound on the whole lane run (≈ 20 minutes for every KVM test here), so two fit in CI's 90.
-  const laneArgs = ['scripts/nested-kvm.sh', '--timeout', process.env.TSVISOR_LANE_TIMEOUT ?? '1800', '--', 'node', ava, ...inLane];
+  // One file at a time there: the lane's two emulated CPUs also run Node, the TAP's
+  // host side and QEMU's own threads; two files at once starved the host side past
+  // the guests' deadlines (an ARP reply later than 3 s, an RX step judged too early).
+  const laneArgs = ['scripts/nested-kvm.sh', '--timeout', process.env.TSVISOR_LANE_TIMEOUT ?? '1800', '--', 'node', ava, '--concurrency', '1', ...inLane];
   let laneStatus = run('bash', laneArgs);
   // 125: the lane's VM died before the tests could report (its kernel crashed
   // under QEMU's emulated SVM, or it hung to the lane's timeout): not a test
