@@ -218,7 +218,8 @@ void idt_set_gate(uint8_t vector, uint8_t dpl);   /* the gate's descriptor privi
  * marks the identity map user-accessible (U/S in every level: rings, buffers
  * and BARs are reachable from ring 3), loads a GDT with DPL-3 segments and a
  * TSS (RSP0: a stack of its own; an I/O bitmap allowing every port), then
- * enters fn with iretq (IOPL 3, IF 0: nothing interrupts it, so it polls).
+ * enters fn with iretq (IOPL 3, which kvm_pvm strips, hence the bitmap; IF 0:
+ * nothing interrupts it, so it polls).
  * fn comes back by returning: its return address is a `ud2`, whose #UD at
  * CPL3 fw_trap hands to user_trap, which resumes user_run's caller. (`int`
  * from ring 3 raises #UD on kvm_pvm anyway.) fn may print (serial is port

@@ -81,8 +81,9 @@ static void user_init(void)
 uint64_t user_run(fw_user_fn fn, void *arg)
 {
   user_init();
-  /* IOPL 3 (legacy notifies are `out`; the TSS bitmap allows them too if a
-   * host strips IOPL), IF 0, bit 1 always set. */
+  /* IOPL 3 (legacy notifies are `out`), IF 0, bit 1 always set. kvm_pvm
+   * strips IOPL from iretq's frame: there the TSS bitmap is what allows the
+   * ports (docs/performance.md). */
   return fw_user_enter(fn, arg, (uint64_t)(uintptr_t)(user_stack + sizeof user_stack), 0x3002);
 }
 
