@@ -16,6 +16,7 @@ import {
   VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO,
 } from '../src/devices/net/virtio-net-features.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../src/net/tap.js';
+import { FeatureSet, NO_FEATURES } from '../src/devices/virtio/feature-set.js';
 import { TsvisorError } from '../src/errors.js';
 import { netRig, type NetRig, type NetRigOptions } from './helpers/net-rig.js';
 import { SocketBackend, ethFrame, settle, until, withHeader } from './helpers/net-fakes.js';
@@ -33,6 +34,35 @@ test('header size: 12 with VERSION_1 or MRG_RXBUF, else 10', (t) => {
   t.is(vnetHeaderSize(featureSet(VIRTIO_NET_F_MRG_RXBUF)), 12);
   t.is(vnetHeaderSize(featureSet(VIRTIO_F_VERSION_1)), 12);
   t.is(vnetHeaderSize(featureSet(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF)), 12);
+});
+
+test('FeatureSet: every bit 0-63 exact, word-wise masks, Number and BigInt conversions', (t) => {
+  for (let b = 0; b < 64; b++) {
+    const f = FeatureSet.of(b);
+    t.true(f.has(b), `bit ${b}`);
+    t.is(f.bits().join(), String(b));
+    t.deepEqual(FeatureSet.from(1n << BigInt(b)).toWords(), f.toWords(), `BigInt bit ${b}`);
+  }
+  t.false(FeatureSet.of(63).has(64));
+  t.false(FeatureSet.of(0).has(-1));
+  t.throws(() => FeatureSet.of(64), { instanceOf: RangeError });
+  const a = FeatureSet.of(0, 31, 32, 63);
+  const b = FeatureSet.of(31, 63, 40);
+  t.deepEqual(a.and(b).bits(), [31, 63]);
+  t.deepEqual(a.without(b).bits(), [0, 32]);
+  t.true(a.and(b).subsetOf(a));
+  t.false(b.subsetOf(a));
+  t.deepEqual(FeatureSet.from(featureSet(VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC)).bits(), [VIRTIO_NET_F_MAC, VIRTIO_F_VERSION_1]);
+  t.throws(() => featureSet(53), { instanceOf: RangeError }, 'a Number set cannot name bit 53');
+});
+
+test('validateFeatures: a bit above 53 is checked against the offer exactly', (t) => {
+  const offered = FeatureSet.of(VIRTIO_NET_F_MAC, 63);
+  t.is(validateFeatures(FeatureSet.of(VIRTIO_NET_F_MAC, 63), offered), null);
+  t.regex(validateFeatures(FeatureSet.of(VIRTIO_NET_F_MAC, 62, 63), offered) ?? '', /did not offer: bit 62$/);
+  t.deepEqual(featureNames(FeatureSet.of(VIRTIO_F_VERSION_1, 63)), ['VERSION_1', 'bit 63']);
+  t.is(vnetHeaderSize(FeatureSet.of(63)), 10, 'bit 63 does not read as VERSION_1 or MRG_RXBUF');
+  t.is(vnetHeaderSize(FeatureSet.of(63, VIRTIO_F_VERSION_1)), 12);
 });
 
 test('validateFeatures refuses sets missing a dependency', (t) => {
@@ -76,10 +106,10 @@ test('config space: layout, status, mac writes only for legacy without CTRL_MAC_
   t.is(c.read(12, 4), 0, 'past the end reads 0');
   c.setStatusBits(VIRTIO_NET_S_ANNOUNCE);
   t.is(c.read(6, 1), 3);
-  t.false(c.write(0, 1, 0xaa, featureSet(VIRTIO_F_VERSION_1)));
-  t.false(c.write(0, 1, 0xaa, featureSet(VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_MAC_ADDR)));
-  t.false(c.write(6, 2, 0, 0), 'status is read-only');
-  t.true(c.write(4, 2, 0x7788, 0));
+  t.false(c.write(0, 1, 0xaa, FeatureSet.of(VIRTIO_F_VERSION_1)));
+  t.false(c.write(0, 1, 0xaa, FeatureSet.of(VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_MAC_ADDR)));
+  t.false(c.write(6, 2, 0, NO_FEATURES), 'status is read-only');
+  t.true(c.write(4, 2, 0x7788, NO_FEATURES));
   t.is(formatMac(c.mac), '52:54:00:12:88:77');
 });
 

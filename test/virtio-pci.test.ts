@@ -1,6 +1,7 @@
 import test from 'ava';
 import { bindingFailures } from '../src/devices/virtio/vcpu-devices.js';
 import { GuestErrorLog } from '../src/devices/virtio/guest-error-log.js';
+import { FeatureSet } from '../src/devices/virtio/feature-set.js';
 import fc from 'fast-check';
 import { Worker } from 'node:worker_threads';
 import { MmioBus, PioBus } from '../src/bus/io-bus.js';
@@ -34,18 +35,23 @@ const F_EVENT_IDX = 29;
 const F_VERSION_1 = 32;
 const bitOf = (b: number) => 1n << BigInt(b);
 const OFFERED = bitOf(F_CSUM) | bitOf(F_GUEST_CSUM) | bitOf(F_MAC) | bitOf(F_GUEST_TSO4) | bitOf(F_EVENT_IDX);
+/** A set as the words the transport holds, for comparing with state.driverFeatures. */
+const words = (f: bigint) => FeatureSet.from(f).toString();
 
 class FakeDevice implements VirtioDeviceVcpuSide {
   readonly name = 'fake-net';
   readonly deviceId = 1;
   readonly numQueues = 2;
-  readonly deviceFeatures = OFFERED;
+  readonly deviceFeatures: FeatureSet;
   readonly configSize = 8;
   config = new Uint8Array([0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0]);
   notifies: number[] = [];
   statuses: Array<[number, number]> = [];
   enables: Array<[number, boolean]> = [];
   resets = 0;
+  /** The sets validateFeatures saw, as words (the transport reuses the object it passes). */
+  validated: string[] = [];
+  constructor(offered: bigint) { this.deviceFeatures = FeatureSet.from(offered); }
   queueMaxSize(i: number): number { return i === 0 ? 256 : 128; }
   readConfig(off: number, size: number): number {
     let v = 0;
@@ -55,9 +61,10 @@ class FakeDevice implements VirtioDeviceVcpuSide {
   writeConfig(off: number, size: number, value: number): void {
     for (let i = 0; i < size; i++) this.config[off + i] = value >>> (8 * i);
   }
-  validateFeatures(f: bigint): boolean {
+  validateFeatures(f: FeatureSet): boolean {
+    this.validated.push(f.toString());
     // GUEST_TSO4 needs GUEST_CSUM (virtio 1.2 §5.1.3.1).
-    return !((f & bitOf(F_GUEST_TSO4)) && !(f & bitOf(F_GUEST_CSUM)));
+    return !(f.has(F_GUEST_TSO4) && !f.has(F_GUEST_CSUM));
   }
   onQueueNotify(i: number): void { this.notifies.push(i); }
   onStatusChange(o: number, n: number): void { this.statuses.push([o, n]); }
@@ -72,12 +79,13 @@ class FakeIrq {
   signalMsi(lo: number, hi: number, data: number): number { this.msis.push([lo, hi, data]); return 1; }
 }
 
-function setup(opts: { vectors?: number; ringReset?: (s: TransportState) => void; resetTimeoutMs?: number } = {}) {
+function setup(opts: { vectors?: number; ringReset?: (s: TransportState) => void; resetTimeoutMs?: number; offered?: bigint } = {}) {
   const mem = GuestMemory.fake(RAM);
-  const sab = createTransportState({ numQueues: 2, queueMaxSizes: [256, 128], msixVectors: opts.vectors ?? 3, deviceFeatures: OFFERED, intxGsi: 19 });
+  const offered = opts.offered ?? OFFERED;
+  const sab = createTransportState({ numQueues: 2, queueMaxSizes: [256, 128], msixVectors: opts.vectors ?? 3, deviceFeatures: FeatureSet.from(offered), intxGsi: 19 });
   const state = new TransportState(sab);
   const irq = new FakeIrq();
-  const device = new FakeDevice();
+  const device = new FakeDevice(offered);
   let rings = 0;
   const dev = new VirtioPciDevice({ device, state, mem, irq, ringReset: () => { rings++; opts.ringReset?.(state); }, resetTimeoutMs: opts.resetTimeoutMs });
   const pio = new PioBus();
@@ -233,7 +241,7 @@ test('modern register file: features with VERSION_1, queues, notify region, conf
   t.true(state.modern);
   t.true(state.hasDriverFeature(F_EVENT_IDX));
   t.true(state.hasDriverFeature(F_VERSION_1));
-  t.is(state.driverFeatures, bitOf(F_MAC) | bitOf(F_EVENT_IDX) | bitOf(F_VERSION_1));
+  t.is(state.driverFeatures.toString(), words(bitOf(F_MAC) | bitOf(F_EVENT_IDX) | bitOf(F_VERSION_1)));
   // Queue 1: max 128, shrink to 64.
   w(VIRTIO_PCI_COMMON_Q_SELECT, 2, 1);
   t.is(r(VIRTIO_PCI_COMMON_Q_SIZE, 2), 128);
@@ -272,6 +280,30 @@ test('modern register file: features with VERSION_1, queues, notify region, conf
   t.deepEqual(device.statuses.at(-1), [0xb, 0xf]);
 });
 
+test('feature bits above 53 survive negotiation masking exactly (bit 63 offered by a test-only device)', (t) => {
+  // 2^63 is not exact in a double next to low bits: a Number anywhere on the path would lose or smear it.
+  const F_HIGH = 63;
+  const s = setup({ offered: OFFERED | bitOf(F_HIGH) | bitOf(54) });
+  const { dev, state, device, common: { r, w } } = s;
+  w(VIRTIO_PCI_COMMON_DFSELECT, 4, 1);
+  t.is(r(VIRTIO_PCI_COMMON_DF, 4), (0x80000000 | (1 << 22) | 1) >>> 0, 'bits 63, 54 and VERSION_1 in the high word');
+  // The driver takes bit 63 and VERSION_1 but not 54, and tries unoffered bit 62: it is masked off as written.
+  const st = negotiateModern(s, bitOf(F_HIGH) | bitOf(62) | bitOf(F_MAC) | bitOf(F_VERSION_1));
+  t.is(st & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
+  t.is(state.driverFeatures.toString(), words(bitOf(F_HIGH) | bitOf(F_MAC) | bitOf(F_VERSION_1)));
+  t.true(state.hasDriverFeature(F_HIGH));
+  t.false(state.hasDriverFeature(62));
+  t.false(state.hasDriverFeature(54));
+  t.is(device.validated.at(-1), words(bitOf(F_HIGH) | bitOf(F_MAC) | bitOf(F_VERSION_1)), 'the device saw the exact set');
+  w(VIRTIO_PCI_COMMON_GFSELECT, 4, 1);
+  t.is(r(VIRTIO_PCI_COMMON_GF, 4), 0x80000001, 'read back as the driver left it');
+  // The legacy interface has no high word: bit 63 is neither offered nor kept there.
+  w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
+  t.is(dev.offeredWord(1, false), 0);
+  dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, Number(bitOf(F_MAC)));
+  t.is(state.driverFeatures.toString(), words(bitOf(F_MAC)));
+});
+
 test('feature negotiation: FEATURES_OK refused for a missing dependency or no VERSION_1; unoffered bits masked', (t) => {
   const s = setup();
   const { dev, state, common: { r, w } } = s;
@@ -288,11 +320,11 @@ test('feature negotiation: FEATURES_OK refused for a missing dependency or no VE
   w(VIRTIO_PCI_COMMON_GF, 4, 0);
   t.is(r(VIRTIO_PCI_COMMON_GF, 4), Number(bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM)));
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
-  t.is(state.driverFeatures, 0n);
+  t.is(state.driverFeatures.toString(), words(0n));
   // Unoffered bits (bit 40, bit 2) are masked off as they are written: FEATURES_OK then holds for what remains.
   st = negotiateModern(s, bitOf(40) | bitOf(2) | bitOf(F_MAC) | bitOf(F_VERSION_1));
   t.is(st & VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_FEATURES_OK);
-  t.is(state.driverFeatures, bitOf(F_MAC) | bitOf(F_VERSION_1));
+  t.is(state.driverFeatures.toString(), words(bitOf(F_MAC) | bitOf(F_VERSION_1)));
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
   // Modern interface without VERSION_1.
   st = negotiateModern(s, bitOf(F_MAC));
@@ -319,7 +351,7 @@ test('reset (status 0) clears features, queues, vectors, ISR and MSI-X pending b
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
   t.is(device.resets, 1);
   t.is(state.status, 0);
-  t.is(state.driverFeatures, 0n);
+  t.is(state.driverFeatures.toString(), words(0n));
   t.false(state.modern);
   t.false(state.queueEnabled(0));
   t.is(state.queueSize(0), 256);
@@ -640,7 +672,7 @@ test('feature negotiation: every path to DRIVER_OK checks the features, whicheve
   t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
   // Frozen from DRIVER_OK: a legacy rewrite is ignored, so both threads keep one set.
   dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, Number(bitOf(F_MAC)));
-  t.is(state.driverFeatures, bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM));
+  t.is(state.driverFeatures.toString(), words(bitOf(F_GUEST_TSO4) | bitOf(F_GUEST_CSUM)));
   dev.legacyWrite(VIRTIO_PCI_STATUS, 1, 0);
 
   // The modern/legacy mix: features through the modern registers, DRIVER_OK through the legacy status register.
@@ -667,11 +699,11 @@ test('feature negotiation: after a reset the driver negotiates a different set f
   w(VIRTIO_PCI_COMMON_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
   t.true(state.modern);
   w(VIRTIO_PCI_COMMON_STATUS, 1, 0);
-  t.is(state.driverFeatures, 0n);
+  t.is(state.driverFeatures.toString(), words(0n));
   // Legacy this time, a smaller set.
   dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER);
   dev.legacyWrite(VIRTIO_PCI_GUEST_FEATURES, 4, 0xffffffff);
-  t.is(state.driverFeatures, OFFERED & 0xffffffffn, 'masked to the legacy offer');
+  t.is(state.driverFeatures.toString(), words(OFFERED & 0xffffffffn), 'masked to the legacy offer');
   dev.legacyWrite(VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
   t.is(state.status & VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_DRIVER_OK);
   t.false(state.modern);

@@ -11,7 +11,8 @@ import { Tap, type NetBackend } from '../../net/tap.js';
 import { createTransportState, TransportState } from '../virtio/transport-state.js';
 import { InterruptSender, type IrqSink } from '../virtio/interrupt-sender.js';
 import type { VcpuDeviceSpec } from '../virtio/vcpu-devices.js';
-import { offeredFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
+import { offeredFeatureSet, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
+import { FeatureSet } from '../virtio/feature-set.js';
 import { VirtioNetConfig, VIRTIO_NET_NUM_QUEUES } from './virtio-net-config.js';
 import { VirtioNet } from './virtio-net.js';
 import { resolveNetOptions, type ResolvedNetOptions, type VirtioNetOptions } from './virtio-net-options.js';
@@ -70,10 +71,8 @@ export class NetSetup {
     this.ownsBackend = typeof opts.tap === 'string';
     this.backend = typeof opts.tap === 'string' ? Tap.open(opts.tap) : opts.tap;
     try {
-      let offered = offeredFeatures({ backendOffloads: this.backend.supportedOffloads, mtu: o.mtuGiven });
-      // The transport adds VERSION_1 on the modern interface only.
-      offered -= 2 ** VIRTIO_F_VERSION_1;
-      const deviceFeatures = BigInt(offered);
+      // The transport adds VERSION_1 on the modern interface only. Words, not a set: this crosses to the worker.
+      const deviceFeatures = offeredFeatureSet({ backendOffloads: this.backend.supportedOffloads, mtu: o.mtuGiven }).without(FeatureSet.of(VIRTIO_F_VERSION_1)).toWords();
       this.config = VirtioNetConfig.create(o.mac, o.mtu);
       const sab = createTransportState({ numQueues: VIRTIO_NET_NUM_QUEUES, queueMaxSizes: o.queueSizes, msixVectors: NET_MSIX_VECTORS, deviceFeatures, intxGsi });
       this.state = new TransportState(sab);

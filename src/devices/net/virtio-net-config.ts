@@ -10,7 +10,8 @@
 // accessed with Atomics (read-modify-write from the main thread); the mac may
 // tear if the guest reads it while a CTRL_MAC command runs, which the driver
 // that issued that command does not do.
-import { hasFeature, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_MAC_ADDR } from './virtio-net-features.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_MAC_ADDR } from './virtio-net-features.js';
+import type { FeatureBits } from '../virtio/feature-set.js';
 import { TsvisorError } from '../../errors.js';
 import { macBytes, parseMac as parseMacText } from '../../net/net-option.js';
 
@@ -125,8 +126,8 @@ export class VirtioNetConfig {
    * a legacy driver without CTRL_MAC_ADDR (QEMU virtio_net_set_config); false
    * when the write was ignored.
    */
-  write(offset: number, size: number, value: number, driverFeatures: number): boolean {
-    if (hasFeature(driverFeatures, VIRTIO_F_VERSION_1) || hasFeature(driverFeatures, VIRTIO_NET_F_CTRL_MAC_ADDR)) return false;
+  write(offset: number, size: number, value: number, driverFeatures: FeatureBits): boolean {
+    if (driverFeatures.has(VIRTIO_F_VERSION_1) || driverFeatures.has(VIRTIO_NET_F_CTRL_MAC_ADDR)) return false;
     if (offset < 0 || offset + size > 6) return false;
     for (let i = 0; i < size; i++) {
       this.bytes[offset + i] = value % 256;

@@ -1,8 +1,10 @@
 // virtio-net feature bits (virtio 1.2 §5.1.3, Linux uapi virtio_net.h), the
 // set tsvisor offers, the dependency rules a driver's choice must follow
 // (§5.1.3.1), and what follows from a negotiated set: the header size and the
-// TAP offloads. Features are Numbers: bits up to 52 are exact in a double, and
-// the arithmetic here never uses 32-bit bitwise operators on the whole set.
+// TAP offloads. Sets are FeatureSets (two 32-bit words), so every bit up to
+// 63 is exact; a Number is still accepted from setup code and tests that name
+// bits below 53, and converted once.
+import { FeatureSet, type FeatureBits } from '../virtio/feature-set.js';
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../virtio/virtqueue.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../../net/tap.js';
 
@@ -70,35 +72,38 @@ export const FEATURE_NAMES: Readonly<Record<number, string>> = {
   [VIRTIO_F_VERSION_1]: 'VERSION_1',
 };
 
-/** 2^bit as a Number (exact up to bit 52). */
-export function bit(b: number): number {
-  return 2 ** b;
+/** A feature set, or its Number form from setup code and tests (exact up to bit 52 only). */
+export type FeatureInput = FeatureBits | number;
+
+/** The set itself, or a FeatureSet made from a Number (setup time: this allocates). */
+function asBits(f: FeatureInput): FeatureBits {
+  return typeof f === 'number' ? FeatureSet.from(f) : f;
 }
 
-/** Whether feature bit `b` is set in `features` (a Number up to 2^53). */
-export function hasFeature(features: number, b: number): boolean {
-  return Math.floor(features / 2 ** b) % 2 === 1;
+/** Whether feature bit `b` is set in `features`. */
+export function hasFeature(features: FeatureInput, b: number): boolean {
+  return asBits(features).has(b);
 }
 
-/** The union of `bits` as a Number. */
+/**
+ * The union of `bits` as a Number, for setup code and tests that still do
+ * arithmetic on sets; bits above 52 cannot be named this way (use FeatureSet.of).
+ */
 export function featureSet(...bits: number[]): number {
   let f = 0;
-  for (const b of new Set(bits)) f += 2 ** b;
+  for (const b of new Set(bits)) {
+    if (!Number.isInteger(b) || b < 0 || b > 52) throw new RangeError(`feature bit ${b} does not fit a Number set; use FeatureSet.of`);
+    f += 2 ** b;
+  }
   return f;
 }
 
 /** Names of the bits set, low to high ("bit N" for unnamed ones). */
-export function featureNames(features: number): string[] {
+export function featureNames(features: FeatureInput): string[] {
+  const f = asBits(features);
   const out: string[] = [];
-  for (let b = 0; b < 53; b++) if (hasFeature(features, b)) out.push(FEATURE_NAMES[b] ?? `bit ${b}`);
+  for (let b = 0; b < 64; b++) if (f.has(b)) out.push(FEATURE_NAMES[b] ?? `bit ${b}`);
   return out;
-}
-
-/** Bitwise AND of two feature sets, exact beyond bit 31. */
-export function featureAnd(a: number, b: number): number {
-  const lo = ((a % 0x100000000) & (b % 0x100000000)) >>> 0;
-  const hi = (Math.floor(a / 0x100000000) & Math.floor(b / 0x100000000)) >>> 0;
-  return hi * 0x100000000 + lo;
 }
 
 export interface OfferOptions {
@@ -115,7 +120,7 @@ export interface OfferOptions {
  * over; host offloads (HOST_*) need the backend to take GSO frames, which a
  * vnet_hdr TAP does (the kernel segments them).
  */
-export function offeredFeatures(opts: OfferOptions): number {
+export function offeredFeatureSet(opts: OfferOptions): FeatureSet {
   const bits = [
     VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_STATUS,
@@ -139,7 +144,13 @@ export function offeredFeatures(opts: OfferOptions): number {
     if (off & TUN_F_TSO_ECN && off & (TUN_F_TSO4 | TUN_F_TSO6)) bits.push(VIRTIO_NET_F_GUEST_ECN);
     if (off & TUN_F_UFO) bits.push(VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_HOST_UFO);
   }
-  return featureSet(...bits);
+  return FeatureSet.of(...bits);
+}
+
+/** offeredFeatureSet as a Number, for callers that still do arithmetic on it (every offered bit is below 53). */
+export function offeredFeatures(opts: OfferOptions): number {
+  const f = offeredFeatureSet(opts);
+  return f.hi * 0x100000000 + f.lo;
 }
 
 /** [feature, "needs one of"] pairs from virtio 1.2 §5.1.3.1. */
@@ -169,14 +180,17 @@ export const FEATURE_DEPENDENCIES: ReadonlyArray<[number, number[]]> = [
  * FEATURES_OK (the transport then leaves FEATURES_OK clear) and when a legacy
  * driver sets DRIVER_OK (the transport then leaves DRIVER_OK clear).
  */
-export function validateFeatures(driver: number, offered?: number): string | null {
-  if (offered !== undefined && featureAnd(driver, offered) !== driver) {
-    const extra = featureNames(driver - featureAnd(driver, offered));
-    return `driver accepted features the device did not offer: ${extra.join(', ')}`;
+export function validateFeatures(driverInput: FeatureInput, offeredInput?: FeatureInput): string | null {
+  const driver = asBits(driverInput);
+  if (offeredInput !== undefined) {
+    const offered = asBits(offeredInput);
+    const extra: number[] = [];
+    for (let b = 0; b < 64; b++) if (driver.has(b) && !offered.has(b)) extra.push(b);
+    if (extra.length > 0) return `driver accepted features the device did not offer: ${extra.map((b) => FEATURE_NAMES[b] ?? `bit ${b}`).join(', ')}`;
   }
   for (const [f, needs] of FEATURE_DEPENDENCIES) {
-    if (!hasFeature(driver, f)) continue;
-    if (!needs.some((n) => hasFeature(driver, n))) {
+    if (!driver.has(f)) continue;
+    if (!needs.some((n) => driver.has(n))) {
       return `${FEATURE_NAMES[f]} needs ${needs.map((n) => FEATURE_NAMES[n]).join(' or ')}`;
     }
   }
@@ -184,28 +198,27 @@ export function validateFeatures(driver: number, offered?: number): string | nul
 }
 
 /** Header size on both rings: 12 with VERSION_1 or MRG_RXBUF, else 10 (QEMU virtio_net_set_mrg_rx_bufs). */
-export function vnetHeaderSize(features: number): number {
-  return hasFeature(features, VIRTIO_F_VERSION_1) || hasFeature(features, VIRTIO_NET_F_MRG_RXBUF)
+export function vnetHeaderSize(input: FeatureInput): number {
+  const features = asBits(input);
+  return features.has(VIRTIO_F_VERSION_1) || features.has(VIRTIO_NET_F_MRG_RXBUF)
     ? VIRTIO_NET_HDR_MRG_RXBUF_LEN
     : VIRTIO_NET_HDR_LEN;
 }
 
 /** TAP offloads for what the guest takes on RX (QEMU virtio_net_apply_guest_offloads). */
-export function tunOffloadsFor(features: number): number {
-  if (!hasFeature(features, VIRTIO_NET_F_GUEST_CSUM)) return 0;
+export function tunOffloadsFor(input: FeatureInput): number {
+  const features = asBits(input);
+  if (!features.has(VIRTIO_NET_F_GUEST_CSUM)) return 0;
   let f = TUN_F_CSUM;
-  if (hasFeature(features, VIRTIO_NET_F_GUEST_TSO4)) f |= TUN_F_TSO4;
-  if (hasFeature(features, VIRTIO_NET_F_GUEST_TSO6)) f |= TUN_F_TSO6;
-  if (hasFeature(features, VIRTIO_NET_F_GUEST_ECN)) f |= TUN_F_TSO_ECN;
-  if (hasFeature(features, VIRTIO_NET_F_GUEST_UFO)) f |= TUN_F_UFO;
+  if (features.has(VIRTIO_NET_F_GUEST_TSO4)) f |= TUN_F_TSO4;
+  if (features.has(VIRTIO_NET_F_GUEST_TSO6)) f |= TUN_F_TSO6;
+  if (features.has(VIRTIO_NET_F_GUEST_ECN)) f |= TUN_F_TSO_ECN;
+  if (features.has(VIRTIO_NET_F_GUEST_UFO)) f |= TUN_F_UFO;
   return f;
 }
 
 /** Whether the guest may receive frames beyond the MTU (any guest GSO). */
-export function guestTakesGso(features: number): boolean {
-  return (
-    hasFeature(features, VIRTIO_NET_F_GUEST_TSO4) ||
-    hasFeature(features, VIRTIO_NET_F_GUEST_TSO6) ||
-    hasFeature(features, VIRTIO_NET_F_GUEST_UFO)
-  );
+export function guestTakesGso(input: FeatureInput): boolean {
+  const features = asBits(input);
+  return features.has(VIRTIO_NET_F_GUEST_TSO4) || features.has(VIRTIO_NET_F_GUEST_TSO6) || features.has(VIRTIO_NET_F_GUEST_UFO);
 }

@@ -14,6 +14,7 @@ import type { TransportState } from '../virtio/transport-state.js';
 import { VIRTIO_CONFIG_S_DRIVER_OK, type VirtioDeviceVcpuSide } from '../virtio/virtio-device.js';
 import { UsedRingFlags, VIRTIO_RING_F_EVENT_IDX } from '../virtio/virtqueue.js';
 import { validateFeatures, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
+import { FeatureSet, NO_FEATURES, type FeatureWords } from '../virtio/feature-set.js';
 import {
   NET_CTR_CTRL_KICKS,
   NET_CTR_RX_KICKS,
@@ -40,8 +41,12 @@ export interface VirtioNetVcpuData {
   shared: SharedArrayBuffer;
   /** Max sizes of [rx, tx, ctrl]. */
   queueSizes: number[];
-  /** Offered features without VERSION_1 (the transport adds it on the modern interface). */
-  deviceFeatures: bigint;
+  /**
+   * Offered features without VERSION_1 (the transport adds it on the modern
+   * interface). Plain words because this crosses to the vCPU worker by
+   * postMessage; a BigInt is still taken from setup code not yet moved.
+   */
+  deviceFeatures: FeatureWords | bigint;
   /** Doorbell eventfds of the main-thread side (VirtioNet.doorbells). */
   doorbellFds: { rx: number; tx: number; ctrl: number; control: number };
 }
@@ -51,7 +56,7 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
   readonly deviceId = VIRTIO_ID_NET;
   readonly numQueues = VIRTIO_NET_NUM_QUEUES;
   readonly configSize = VIRTIO_NET_CONFIG_SIZE;
-  readonly deviceFeatures: bigint;
+  readonly deviceFeatures: FeatureSet;
   readonly config: VirtioNetConfig;
   /** Feature sets refused at FEATURES_OK, for diagnostics. */
   refusedFeatures = 0;
@@ -63,6 +68,8 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
   /** The TX used ring's flags word, rebound when the TX queue's generation moves (never per exit). */
   private readonly txUsedFlags = new UsedRingFlags();
   private txUsedGeneration = -1;
+  /** The driver's features read for a config write: reused, so the exit allocates nothing. */
+  private readonly driverScratch = new FeatureSet();
 
   constructor(
     private readonly memory: GuestMemory,
@@ -73,7 +80,7 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
     this.words = this.config.words;
     this.counters = this.config.counters;
     this.queueSizes = data.queueSizes;
-    this.deviceFeatures = data.deviceFeatures & ~(1n << BigInt(VIRTIO_F_VERSION_1));
+    this.deviceFeatures = FeatureSet.from(data.deviceFeatures).without(FeatureSet.of(VIRTIO_F_VERSION_1));
   }
 
   /** The transport's shared state (needed for the TX queue's used ring and the negotiated features). */
@@ -91,11 +98,11 @@ export class VirtioNetVcpu implements VirtioDeviceVcpuSide {
 
   writeConfig(offset: number, size: number, value: number): void {
     const s = this.state;
-    this.config.write(offset, size, value, s === null ? 0 : Number(s.driverFeatures));
+    this.config.write(offset, size, value, s === null ? NO_FEATURES : s.readDriverFeatures(this.driverScratch));
   }
 
-  validateFeatures(driverFeatures: bigint): boolean {
-    const why = validateFeatures(Number(driverFeatures));
+  validateFeatures(driverFeatures: FeatureSet): boolean {
+    const why = validateFeatures(driverFeatures);
     if (why === null) return true;
     this.refusedFeatures++;
     this.lastRefusal = why;

@@ -28,7 +28,8 @@ import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET } from '../virti
 import { strerror } from '../../sys/libc.js';
 import type { NetBackend } from '../../net/tap.js';
 import { GuestErrorLog } from '../virtio/guest-error-log.js';
-import { guestTakesGso, hasFeature, tunOffloadsFor, vnetHeaderSize, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_LEN } from './virtio-net-features.js';
+import { guestTakesGso, tunOffloadsFor, vnetHeaderSize, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_LEN } from './virtio-net-features.js';
+import { FeatureSet } from '../virtio/feature-set.js';
 import {
   VIRTIO_NET_CTRL_QUEUE, VIRTIO_NET_NUM_QUEUES, VIRTIO_NET_RX_QUEUE, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_TX_QUEUE,
   formatMac, type VirtioNetConfig,
@@ -69,7 +70,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
   /** @internal The counters the paths increment (read them through `stats`). */
   readonly counters: VirtioNetStats = emptyStats();
   /** @internal Fixed at DRIVER_OK. */
-  readonly negotiated: NetNegotiated & { features: number };
+  readonly negotiated: NetNegotiated & { readonly features: FeatureSet };
 
   private readonly events: VirtioNetEvents;
   private readonly tx: NetTx;
@@ -96,7 +97,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     this.rxBurst = o.rxBurst;
     this.mtu = o.mtu;
     this.initialMac = config.mac;
-    const n = { hdrLen: VIRTIO_NET_HDR_LEN, mergeable: false, rxMaxFrame: RX_MAX_GSO_FRAME, features: 0, has: (bit: number) => hasFeature(n.features, bit) };
+    const n = { hdrLen: VIRTIO_NET_HDR_LEN, mergeable: false, rxMaxFrame: RX_MAX_GSO_FRAME, features: new FeatureSet(), has: (bit: number) => n.features.has(bit) };
     this.negotiated = n;
     this.rxq = new Virtqueue(memory, transport.queueMaxSize(VIRTIO_NET_RX_QUEUE));
     this.txq = new Virtqueue(memory, transport.queueMaxSize(VIRTIO_NET_TX_QUEUE));
@@ -247,7 +248,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     const first = !this.isActive_;
     const n = this.negotiated;
     if (first) {
-      n.features = Number(t.driverFeatures);
+      t.readDriverFeatures(n.features);
       n.hdrLen = vnetHeaderSize(n.features);
       n.mergeable = n.has(VIRTIO_NET_F_MRG_RXBUF);
       n.rxMaxFrame = guestTakesGso(n.features) ? RX_MAX_GSO_FRAME : n.hdrLen + ETH_OVERHEAD + this.mtu;

@@ -32,6 +32,7 @@
 //   [msixBase, + MSIX_HEADER_WORDS + 4 * vectors + pbaWords)   MSI-X (see msix.ts: MsixShared)
 
 import { MsixShared, MSIX_NO_VECTOR, msixSharedWords } from '../pci/msix.js';
+import { FeatureSet, type FeatureWords } from './feature-set.js';
 
 export { MSIX_NO_VECTOR, type MsiSink } from '../pci/msix.js';
 // The pieces built on this state, re-exported for callers that want one import.
@@ -88,8 +89,12 @@ export interface TransportStateOptions {
   queueMaxSizes: number[];
   /** MSI-X table entries (QEMU's virtio-net uses numQueues + 1). */
   msixVectors: number;
-  /** Device feature bits as the device offers them (the transport adds VERSION_1 on the modern interface). */
-  deviceFeatures: bigint;
+  /**
+   * Device feature bits as the device offers them (the transport adds
+   * VERSION_1 on the modern interface). A BigInt is still taken from setup
+   * code that has not moved to FeatureSet; it is split into words here, once.
+   */
+  deviceFeatures: FeatureSet | FeatureWords | bigint;
   /** GSI of INTA# (IOAPIC pin), or -1. */
   intxGsi: number;
 }
@@ -113,8 +118,9 @@ export function createTransportState(opts: TransportStateOptions): SharedArrayBu
   u[H_MAGIC] = MAGIC;
   u[H_NUM_QUEUES] = opts.numQueues;
   u[H_MSIX_VECTORS] = opts.msixVectors;
-  u[H_DEVICE_FEATURES_LO] = Number(opts.deviceFeatures & 0xffffffffn);
-  u[H_DEVICE_FEATURES_HI] = Number((opts.deviceFeatures >> 32n) & 0xffffffffn);
+  const offered = FeatureSet.from(opts.deviceFeatures);
+  u[H_DEVICE_FEATURES_LO] = offered.lo;
+  u[H_DEVICE_FEATURES_HI] = offered.hi;
   new Int32Array(sab)[H_INTX_GSI] = opts.intxGsi;
   const s = new TransportState(sab);
   for (let i = 0; i < opts.numQueues; i++) {
@@ -175,12 +181,14 @@ export class TransportState {
   /** Atomically replaces the status if it still equals `expected`. */
   casStatus(expected: number, v: number): boolean { return Atomics.compareExchange(this.u32, H_STATUS, expected, v & 0xff) === expected; }
 
-  /** Device features as offered by the device (VERSION_1 included only if the device put it there). */
-  get deviceFeatures(): bigint { return (BigInt(this.u32[H_DEVICE_FEATURES_HI]) << 32n) | BigInt(this.u32[H_DEVICE_FEATURES_LO]); }
+  /** Device features as offered by the device (VERSION_1 included only if the device put it there). A new set: not for the exit path. */
+  get deviceFeatures(): FeatureSet { return new FeatureSet(this.u32[H_DEVICE_FEATURES_LO], this.u32[H_DEVICE_FEATURES_HI]); }
   deviceFeaturesWord(sel: number): number { return sel === 0 ? this.u32[H_DEVICE_FEATURES_LO] : sel === 1 ? this.u32[H_DEVICE_FEATURES_HI] : 0; }
 
   /** Features the driver accepted (what the data path must honour once DRIVER_OK). */
-  get driverFeatures(): bigint { return (BigInt(this.u32[H_DRIVER_FEATURES_HI]) << 32n) | BigInt(this.u32[H_DRIVER_FEATURES_LO]); }
+  get driverFeatures(): FeatureSet { return this.readDriverFeatures(new FeatureSet()); }
+  /** Copies the accepted features into `out` (a reused set, so the exit path allocates nothing); returns `out`. */
+  readDriverFeatures(out: FeatureSet): FeatureSet { return out.set(this.u32[H_DRIVER_FEATURES_LO], this.u32[H_DRIVER_FEATURES_HI]); }
   driverFeaturesWord(sel: number): number { return sel === 0 ? this.u32[H_DRIVER_FEATURES_LO] : sel === 1 ? this.u32[H_DRIVER_FEATURES_HI] : 0; }
   setDriverFeaturesWord(sel: number, v: number): void {
     if (sel === 0) this.u32[H_DRIVER_FEATURES_LO] = v >>> 0;
@@ -188,7 +196,8 @@ export class TransportState {
   }
   /** Allocation-free test of one negotiated feature bit (0-63). */
   hasDriverFeature(bit: number): boolean {
-    return bit < 32 ? (this.u32[H_DRIVER_FEATURES_LO] & (1 << bit)) !== 0 : bit < 64 ? (this.u32[H_DRIVER_FEATURES_HI] & (1 << (bit - 32))) !== 0 : false;
+    if (bit >= 0 && bit < 32) return (this.u32[H_DRIVER_FEATURES_LO] & (1 << bit)) !== 0;
+    return bit >= 32 && bit < 64 ? (this.u32[H_DRIVER_FEATURES_HI] & (1 << (bit - 32))) !== 0 : false;
   }
 
   get configGeneration(): number { return Atomics.load(this.u32, H_CONFIG_GENERATION) & 0xff; }

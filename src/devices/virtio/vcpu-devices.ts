@@ -23,6 +23,7 @@ import { GuestErrorLog } from './guest-error-log.js';
 import { VirtioNetVcpu, type VirtioNetVcpuData } from '../net/virtio-net-vcpu.js';
 import { VIRTIO_ID_NET } from '../net/virtio-net-config.js';
 import { VIRTIO_NET_F_MAC } from '../net/virtio-net-features.js';
+import { FeatureSet } from './feature-set.js';
 
 /** A device the main thread asks the worker to put on the PCI bus (part of VcpuWorkerData). */
 export interface VcpuDeviceSpec {
@@ -204,7 +205,7 @@ export class StubNetDevice implements VirtioDeviceVcpuSide {
   readonly name = 'virtio-net-stub';
   readonly deviceId = VIRTIO_ID_NET;
   readonly numQueues = 2;
-  readonly deviceFeatures = 1n << BigInt(VIRTIO_NET_F_MAC);
+  readonly deviceFeatures = FeatureSet.of(VIRTIO_NET_F_MAC);
   readonly configSize = 6;
   readonly mac: Uint8Array;
   readonly notifies = [0, 0];

@@ -2,6 +2,8 @@
 // and ISR bits, the transport-level feature bits, and the callbacks the
 // virtio-pci transport makes on the vCPU thread (VirtioDeviceVcpuSide).
 
+import type { FeatureSet } from './feature-set.js';
+
 // virtio 1.2 §2.1 device status bits.
 export const VIRTIO_CONFIG_S_ACKNOWLEDGE = 1;
 export const VIRTIO_CONFIG_S_DRIVER = 2;
@@ -35,7 +37,7 @@ export interface VirtioDeviceVcpuSide {
   /** Maximum (and reset-time) size of queue i: a power of two. */
   queueMaxSize(index: number): number;
   /** Feature bits the device offers, without VERSION_1 (the transport adds it on the modern interface). */
-  readonly deviceFeatures: bigint;
+  readonly deviceFeatures: FeatureSet;
   /** Bytes of device-specific configuration. */
   readonly configSize: number;
   /** Reads `size` (1, 2, 4) bytes of device config at `offset` (< configSize, in range); little-endian. */
@@ -44,8 +46,9 @@ export interface VirtioDeviceVcpuSide {
   /**
    * FEATURES_OK check: may the driver use exactly these features (already a
    * subset of what was offered)? False when a feature lacks one it depends on.
+   * `driverFeatures` is the transport's reused scratch set: read it, do not keep it.
    */
-  validateFeatures(driverFeatures: bigint): boolean;
+  validateFeatures(driverFeatures: FeatureSet): boolean;
   /** The guest notified (kicked) queue `index` (range-checked by the transport). On the exit path: no allocation. */
   onQueueNotify(index: number): void;
   /** Device status changed (not for a reset to 0: that is onReset). E.g. DRIVER_OK: tell the main thread to activate queues. */

@@ -20,6 +20,7 @@ import { PciDevice, PCI_CAP_ID_VNDR, type BarHandler } from '../pci/config-space
 import { Msix, MSIX_NO_VECTOR } from '../pci/msix.js';
 import { legacyVringLayout, VIRTIO_PCI_QUEUE_ADDR_SHIFT } from './virtqueue.js';
 import { GuestErrorLog } from './guest-error-log.js';
+import { FeatureSet } from './feature-set.js';
 import type { TransportState } from './transport-state.js';
 import { InterruptSender, type IrqSink } from './interrupt-sender.js';
 import { VcpuResetHandshake } from './reset-handshake.js';
@@ -183,6 +184,8 @@ export class VirtioPciDevice extends PciDevice {
   /** Offered features, modern interface (VERSION_1 added): two words. */
   private readonly offeredLo: number;
   private readonly offeredHi: number;
+  /** The driver's set as handed to validateFeatures: reused, so a status write allocates nothing. */
+  private readonly driverScratch = new FeatureSet();
 
   // Transport registers private to the vCPU side.
   dfSelect = 0;
@@ -211,9 +214,9 @@ export class VirtioPciDevice extends PciDevice {
     this.log = opts.log ?? new GuestErrorLog(d.name);
     this.irq = new InterruptSender(opts.state, opts.irq);
     this.handshake = new VcpuResetHandshake(opts.state, opts.ringReset, opts.resetTimeoutMs);
-    const offered = d.deviceFeatures | (1n << BigInt(VIRTIO_F_VERSION_1));
-    this.offeredLo = Number(offered & 0xffffffffn);
-    this.offeredHi = Number((offered >> 32n) & 0xffffffffn);
+    const offered = FeatureSet.from(d.deviceFeatures).add(VIRTIO_F_VERSION_1);
+    this.offeredLo = offered.lo;
+    this.offeredHi = offered.hi;
 
     // BARs.
     const legacySize = pow2AtLeast(24 + d.configSize, 32);
@@ -420,7 +423,7 @@ export class VirtioPciDevice extends PciDevice {
       this.lastError = 'features the legacy interface did not offer (modern feature writes, then a legacy status write)';
       return false;
     }
-    if (!this.device.validateFeatures(s.driverFeatures)) {
+    if (!this.device.validateFeatures(s.readDriverFeatures(this.driverScratch))) {
       this.lastError = 'the device refused the feature set';
       return false;
     }
@@ -440,7 +443,7 @@ export class VirtioPciDevice extends PciDevice {
       this.lastError = 'modern interface without VERSION_1';
       return false;
     }
-    if (!this.device.validateFeatures(s.driverFeatures)) {
+    if (!this.device.validateFeatures(s.readDriverFeatures(this.driverScratch))) {
       this.lastError = 'the device refused the feature set';
       return false;
     }
