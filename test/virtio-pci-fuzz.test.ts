@@ -3,28 +3,121 @@
 // over RAM and to 0, the modern and legacy register files at any offset and
 // width, MSI-X table and PBA garbage, queues configured in any order, status
 // going backwards, FEATURES_OK with bad features, notifies for any queue, ring
-// memory scribbled while the data path runs. Whatever it does:
+// memory scribbled while the data path runs, the command register's decode
+// bits toggled and BARs moved under live ioeventfd bindings (a fake KVM that
+// refuses what the kernel refuses, and fails on demand). Whatever it does:
 // - no exception reaches the caller (the vCPU run loop or the main loop);
 // - the device touches no guest memory outside RAM (CheckedMemory, and every
 //   iovec handed to the TAP is checked against the RAM mappings);
 // - a violation the data path detects sets NEEDS_RESET with a config
 //   interrupt on a modern device, stops the device on a legacy one, and no
 //   packet moves until the driver resets it;
+// - every remap rebinds the queue notifies: a bound notify address is always
+//   one the device decodes now, only injected KVM failures are failures, and
+//   after a failure the next remap binds them all again;
 // - after a reset and a clean driver set-up, a frame goes through TX to the
 //   TAP and another from the TAP into an RX buffer, byte for byte.
 import test from 'ava';
 import fc from 'fast-check';
 import {
-  CLEAN_RING_BASE, RAM_A_SIZE, RAM_B, RAM_B_SIZE, cfgRead, cfgWrite, cleanSetup, hostileRig, mmioAccess, pioAccess, roundTrip, type Rig,
+  CLEAN_RING_BASE, RAM_A_SIZE, RAM_B, RAM_B_SIZE, RAM_END, cfgRead, cfgWrite, cleanSetup, hostileRig, mmioAccess, pioAccess, roundTrip, type Rig,
 } from './helpers/hostile-rig.js';
 import { assertProperty, fuzzRuns } from './helpers/fuzz-runs.js';
-import { PCI_BASE_ADDRESS_0 } from '../src/devices/pci/config-space.js';
+import { PCI_BASE_ADDRESS_0, PCI_COMMAND, PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../src/devices/pci/config-space.js';
+import { bindingFailures, followNotifyIoeventfds } from '../src/devices/virtio/vcpu-devices.js';
+import { GuestErrorLog } from '../src/devices/virtio/guest-error-log.js';
 import { LEGACY_BAR, MODERN_BAR, MODERN_NOTIFY_OFFSET, MSIX_BAR } from '../src/devices/virtio/virtio-pci.js';
 import { VIRTIO_CONFIG_S_NEEDS_RESET } from '../src/devices/virtio/transport-state.js';
 import { featureSet, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../src/devices/net/virtio-net-features.js';
 
 const rig = hostileRig();
 test.after.always(() => rig.close());
+
+type IoeventfdArgs = { addr: number; len: number; eventfd: number; pio?: boolean; datamatch?: number; deassign?: boolean };
+const ioeventfdKey = (o: IoeventfdArgs) => `${o.pio ? 'pio' : 'mmio'} 0x${o.addr.toString(16)}/${o.len} fd ${o.eventfd} match ${o.datamatch ?? '-'}`;
+
+/**
+ * KVM_IOEVENTFD as the kernel keeps it: assigning a binding twice is EEXIST,
+ * deassigning an unknown one ENOENT, an address outside the bus EINVAL;
+ * `failNext` makes the next assigns fail as a full io bus would (ENOSPC).
+ */
+class FakeIoeventfds {
+  readonly bound = new Set<string>();
+  failNext = 0;
+  injected = 0;
+  ioeventfd(o: IoeventfdArgs): void {
+    const key = ioeventfdKey(o);
+    if (o.deassign) {
+      if (!this.bound.delete(key)) throw new Error(`ENOENT: ${key}`);
+      return;
+    }
+    if (!Number.isInteger(o.addr) || o.addr < 0 || o.addr + o.len > (o.pio ? 0x10000 : 2 ** 52)) throw new Error(`EINVAL: ${key}`);
+    if (this.failNext > 0) {
+      this.failNext--;
+      this.injected++;
+      throw new Error(`ENOSPC (injected): ${key}`);
+    }
+    if (this.bound.has(key)) throw new Error(`EEXIST: ${key}`);
+    this.bound.add(key);
+  }
+}
+
+// The remap → ioeventfd-rebind path, wired as the vCPU worker wires it under --ioeventfd.
+const NOTIFY_FDS = [101, 102, 103];
+const kvm = new FakeIoeventfds();
+const bindFailures = bindingFailures(new GuestErrorLog('virtio-net', { sink: () => {} }));
+/** Whether the last rebind left some notify unbound (an injected failure); the next one must repair it. */
+let bindingsStale = false;
+/** A rebind failure the fake KVM did not inject (EEXIST, ENOENT, EINVAL: the rebind itself is wrong). */
+let unexpectedFailure = '';
+let rebinds = 0;
+{
+  const guard = bindFailures.guard;
+  bindFailures.guard = (what, f) => {
+    const before = bindFailures.count;
+    guard(what, f);
+    rebinds++;
+    bindingsStale = bindFailures.count !== before;
+    // The rebind reports its first error only; an injected one may hide another, which the binding checks then catch.
+    if (bindingsStale && !bindFailures.lastError.includes('(injected)')) unexpectedFailure ||= bindFailures.lastError;
+  };
+}
+followNotifyIoeventfds(rig.dev, kvm, NOTIFY_FDS, bindFailures);
+
+/** The bindings the device's current BAR mappings call for. */
+function wantedBindings(r: Rig): Set<string> {
+  const want = new Set<string>();
+  NOTIFY_FDS.forEach((eventfd, q) => {
+    const { legacyPort, modernGpa } = r.dev.notifyAddresses(q);
+    if (modernGpa >= 0) want.add(ioeventfdKey({ addr: modernGpa, len: 2, eventfd }));
+    if (legacyPort >= 0) want.add(ioeventfdKey({ addr: legacyPort, len: 2, eventfd, pio: true, datamatch: q }));
+  });
+  return want;
+}
+
+/** Cases per CI run: 40 000 before the remap ops, cut so the rebinds they add keep the file near its old ~6 s. */
+const RUNS = 30_000;
+
+/** Operations that can move a BAR or toggle decode. */
+const REMAPS = new Set<string>(['cfg', 'cfgDirect', 'bar', 'command']);
+
+/** Null when the bindings are sound: only what is wanted, all of it unless a failure is pending repair, and decoded by this device. */
+function bindingProblem(r: Rig): string | null {
+  if (unexpectedFailure !== '') return `a rebind failed without an injected failure: ${unexpectedFailure}`;
+  const want = wantedBindings(r);
+  for (const k of kvm.bound) if (!want.has(k)) return `stale binding ${k} (wanted: ${[...want].join(', ') || 'none'})`;
+  if (!bindingsStale) for (const k of want) if (!kvm.bound.has(k)) return `missing binding ${k}`;
+  // A bound notify must reach this device when KVM lets it through: the bus decodes the address to our BAR.
+  for (const q of NOTIFY_FDS.keys()) {
+    const { legacyPort, modernGpa } = r.dev.notifyAddresses(q);
+    if (modernGpa >= 0) {
+      const i = r.mmio.find(modernGpa);
+      if (i < 0 || r.mmio.ranges[i].base !== r.dev.barMapped(MODERN_BAR)) return `modern notify 0x${modernGpa.toString(16)} is not decoded by the modern BAR`;
+    }
+    if (legacyPort >= 0 && r.pio.lookup(legacyPort) === undefined) return `legacy notify port 0x${legacyPort.toString(16)} decodes nothing`;
+  }
+  return null;
+}
 
 const HOLE = RAM_A_SIZE + 0x1000;
 const BIG = [0, 1, 2, 3, 4, 7, 8, 0xb, 0xf, 0x40, 0x4f, 0x80, 0xff, 16, 64, 256, 0x100, 0xffff, 0x10000, 0x12345678, 0xffffffff, 0x80000000];
@@ -44,8 +137,12 @@ const op = fc.oneof(
   { weight: 4, arbitrary: fc.record({ kind: fc.constant('cfg' as const), off: fc.oneof(fc.integer({ min: 0, max: 255 }), fc.integer({ min: 0x04, max: 0x27 }), fc.integer({ min: 0x40, max: 0xa0 })), size: fc.constantFrom(1, 2, 4), write: fc.boolean(), value: u32 }) },
   // Any offset of the 4 KiB extended space, odd widths, straight into the function.
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('cfgDirect' as const), off: fc.integer({ min: 0, max: 4095 }), size: width, write: fc.boolean(), value: u32 }) },
-  // BAR sizing and moves: all-ones, 0, over another BAR, over RAM, anywhere.
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('bar' as const), index: fc.integer({ min: 0, max: 5 }), target: fc.constantFrom('size', 'zero', 'io', 'msix', 'modern', 'ram', 'random', 'home'), value: u32 }) },
+  // BAR sizing and moves: all-ones, 0, over another BAR or into its middle, over RAM, past RAM, anywhere.
+  { weight: 4, arbitrary: fc.record({ kind: fc.constant('bar' as const), index: fc.integer({ min: 0, max: 5 }), target: fc.constantFrom('size', 'zero', 'io', 'msix', 'modern', 'ram', 'random', 'home', 'overlap', 'outside', 'high'), value: u32 }) },
+  // The command register: I/O and memory decode toggled (with bus master and INTx disable along), byte or word wide.
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('command' as const), bits: fc.subarray([PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PCI_COMMAND_MASTER, PCI_COMMAND_INTX_DISABLE]), byte: fc.boolean() }) },
+  // KVM refuses the next ioeventfd assigns (a full io bus): the guest keeps running, the next remap repairs.
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('kvmFail' as const), n: fc.integer({ min: 1, max: 3 }) }) },
   { weight: 8, arbitrary: fc.record({ kind: fc.constant('modern' as const), off: fc.oneof(fc.integer({ min: 0, max: 63 }), fc.integer({ min: 0x1000, max: 0x1003 }), fc.integer({ min: 0x2000, max: 0x2010 }), fc.integer({ min: 0x3000, max: 0x3010 }), fc.integer({ min: 0, max: 0x4007 })), size: width, write: fc.boolean(), value: u32, bus }) },
   { weight: 5, arbitrary: fc.record({ kind: fc.constant('legacy' as const), off: fc.integer({ min: 0, max: 70 }), size: width, write: fc.boolean(), value: u32, bus }) },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('msix' as const), off: fc.oneof(fc.integer({ min: 0, max: 0x47 }), fc.integer({ min: 0x800, max: 0x810 }), fc.integer({ min: 0, max: 0x1007 })), size: width, write: fc.boolean(), value: u32, bus }) },
@@ -87,6 +184,14 @@ function barTarget(r: Rig, o: Extract<Op, { kind: 'bar' }>): number {
     case 'modern': return r.home.modern;
     case 'ram': return 0x1000;
     case 'home': return [r.home.io, r.home.msix, 0, 0, r.home.modern, 0][o.index];
+    // Into the middle of another BAR as it is mapped now (or where it would be).
+    case 'overlap': {
+      const other = [r.dev.barMapped(LEGACY_BAR), r.dev.barMapped(MSIX_BAR), r.dev.barMapped(MODERN_BAR)][o.value % 3];
+      return other < 0 ? o.value : other + (o.value & 0xff0);
+    }
+    case 'outside': return [RAM_END, RAM_END - 0x1000, RAM_A_SIZE, 0xfff0][o.value % 4];
+    // The high half of the 64-bit modern BAR (index 5): above 4 GiB, or back to 0.
+    case 'high': return [0, 1, 0x10, 0xffffffff][o.value % 4];
     default: return o.value;
   }
 }
@@ -104,6 +209,15 @@ function apply(r: Rig, o: Op): void {
       return;
     case 'bar':
       cfgWrite(r, PCI_BASE_ADDRESS_0 + 4 * o.index, 4, barTarget(r, o));
+      return;
+    case 'command': {
+      const v = o.bits.reduce((a, b) => a | b, 0);
+      if (o.byte) cfgWrite(r, PCI_COMMAND, 1, v & 0xff);
+      else cfgWrite(r, PCI_COMMAND, 2, v);
+      return;
+    }
+    case 'kvmFail':
+      kvm.failNext = o.n;
       return;
     case 'modern': {
       const at = dev.barMapped(MODERN_BAR);
@@ -234,6 +348,7 @@ test.serial('hostile register and ring sequences: no exception, no access outsid
   assertProperty(() => fc.assert(
     fc.property(setupArb, fc.array(op, { minLength: 1, maxLength: 40, size: 'medium' }), setupArb, fc.integer({ min: 0, max: 0xffff }), (first, attack, after, seed) => {
       runs++;
+      kvm.failNext = 0;
       wipe(r);
       const before = { nr: r.sender.needsResets, rq: r.dev.stats.refusedQueues, ba: r.dev.stats.badAccesses };
       setUp(r, first);
@@ -241,7 +356,13 @@ test.serial('hostile register and ring sequences: no exception, no access outsid
         apply(r, o);
         ops++;
         if (r.state.status & VIRTIO_CONFIG_S_NEEDS_RESET) modernNeedsReset++;
+        // Only config-space writes remap (checking after every op would double the file's run time).
+        if (REMAPS.has(o.kind)) {
+          const b = bindingProblem(r);
+          if (b !== null) throw new Error(`after ${o.kind}: ${b}`);
+        }
       }
+      kvm.failNext = 0;
       r.runMain(true);
       r.backend.drain();
       let v = takeViolations(r);
@@ -254,17 +375,22 @@ test.serial('hostile register and ring sequences: no exception, no access outsid
       wipe(r);
       const s = setUp(r, after);
       if (r.state.status & VIRTIO_CONFIG_S_NEEDS_RESET) throw new Error('NEEDS_RESET survived the reset');
+      // Firmware put the BARs back home: every notify is bound there again, unless nothing moved since a failure.
+      const b = bindingProblem(r);
+      if (b !== null) throw new Error(`after the clean set-up: ${b}`);
       roundTrip(r, s, seed);
       v = takeViolations(r);
       if (v.length > 0) throw new Error(`after the reset: ${v.join('; ')}`);
       return true;
     }),
-    { numRuns: fuzzRuns(40_000) },
+    { numRuns: fuzzRuns(RUNS) },
   ));
   const ms = Date.now() - started;
-  t.log(`${runs} cases, ${ops} hostile operations, ${needsResets} device errors (NEEDS_RESET or stopped), ${refusedQueues} queues refused, ${badAccesses} accesses ignored, ${r.logLines.length} log lines, ${ms} ms`);
-  t.true(runs >= fuzzRuns(40_000));
+  t.log(`${runs} cases, ${ops} hostile operations, ${needsResets} device errors (NEEDS_RESET or stopped), ${refusedQueues} queues refused, ${badAccesses} accesses ignored, ${r.logLines.length} log lines, ${rebinds} ioeventfd rebinds (${kvm.injected} refused by the fake KVM), ${ms} ms`);
+  t.true(runs >= fuzzRuns(RUNS));
   t.true(needsResets > 50, 'the generator reaches data-path violations');
   t.true(refusedQueues > 100, 'and hostile queue configurations');
   t.true(modernNeedsReset > 0);
+  t.true(rebinds > runs, 'BAR moves and decode toggles reach the ioeventfd rebind');
+  t.true(kvm.injected > 0, 'and rebinds that KVM refuses');
 });

@@ -112,10 +112,7 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
       : undefined;
     const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {}, onMsixMessageChanged, log });
     bus.plug(pci, spec.pciSlot);
-    if (spec.ioeventfdFds && ctx.vm) {
-      const rebind = notifyIoeventfds(ctx.vm, spec.ioeventfdFds);
-      pci.followNotifyAddresses((dev) => failures.guard('ioeventfd rebind', () => rebind(dev)));
-    }
+    if (spec.ioeventfdFds && ctx.vm) followNotifyIoeventfds(pci, ctx.vm, spec.ioeventfdFds, failures);
     vcpuBindingFailures.push(failures);
     devices.push(pci);
   }
@@ -158,12 +155,23 @@ export function bindingFailures(log: GuestErrorLog): BindingFailures {
 }
 
 /**
+ * Keeps `pci`'s queue notifies bound to `fds` (one per queue) wherever the
+ * guest maps its BARs; a rebind KVM refuses is counted in `failures`, never
+ * thrown into the exit loop. Exported so the PCI fuzz drives the same path
+ * against a fake KVM.
+ */
+export function followNotifyIoeventfds(pci: VirtioPciDevice, vm: Pick<VmHandle, 'ioeventfd'>, fds: number[], failures: BindingFailures): void {
+  const rebind = notifyIoeventfds(vm, fds);
+  pci.followNotifyAddresses((dev) => failures.guard('ioeventfd rebind', () => rebind(dev)));
+}
+
+/**
  * Binds each queue's notify write to its eventfd with KVM_IOEVENTFD, on the
  * modern notify address (a 2-byte write, one address per queue) and the
  * legacy QUEUE_NOTIFY port (2 bytes, matched on the queue index); rebinds
  * when the guest moves a BAR. The write then never leaves the kernel.
  */
-function notifyIoeventfds(vm: VmHandle, fds: number[]): (dev: VirtioPciDevice) => void {
+function notifyIoeventfds(vm: Pick<VmHandle, 'ioeventfd'>, fds: number[]): (dev: VirtioPciDevice) => void {
   let bound: Array<{ addr: number; len: number; eventfd: number; pio?: boolean; datamatch?: number }> = [];
   return (dev) => {
     // Each binding on its own: one KVM refuses must not leave the others stale.
