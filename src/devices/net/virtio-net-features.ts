@@ -188,11 +188,14 @@ export function validateFeatures(driverInput: FeatureInput, offeredInput?: Featu
     for (let b = 0; b < 64; b++) if (driver.has(b) && !offered.has(b)) extra.push(b);
     if (extra.length > 0) return `driver accepted features the device did not offer: ${extra.map((b) => FEATURE_NAMES[b] ?? `bit ${b}`).join(', ')}`;
   }
-  for (const [f, needs] of FEATURE_DEPENDENCIES) {
-    if (!driver.has(f)) continue;
-    if (!needs.some((n) => driver.has(n))) {
-      return `${FEATURE_NAMES[f]} needs ${needs.map((n) => FEATURE_NAMES[n]).join(' or ')}`;
-    }
+  // Plain loops: a FEATURES_OK write is a vCPU exit, and an accepted set must cost no allocation.
+  for (let i = 0; i < FEATURE_DEPENDENCIES.length; i++) {
+    const dep = FEATURE_DEPENDENCIES[i];
+    if (!driver.has(dep[0])) continue;
+    const needs = dep[1];
+    let met = false;
+    for (let j = 0; j < needs.length && !met; j++) met = driver.has(needs[j]);
+    if (!met) return `${FEATURE_NAMES[dep[0]]} needs ${needs.map((n) => FEATURE_NAMES[n]).join(' or ')}`;
   }
   return null;
 }
