@@ -20,6 +20,7 @@ import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
 import { writeAcpiTables } from './firmware/acpi.js';
 import { pciIntxGsi, PCI_MAX_SLOTS } from './devices/pci/pci-bus.js';
 import { createTransportState } from './devices/virtio/transport-state.js';
+import { FeatureSet } from './devices/virtio/feature-set.js';
 import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
 import { NetSetup, type NetBootOptions } from './devices/net/net-setup.js';
 import { pciTestdevSetup } from './devices/pci-testdev.js';
@@ -318,7 +319,7 @@ export class Vm {
         const slot = 3;
         devices.push({
           kind: 'virtio-net-stub', pciSlot: slot, doorbellFds: {},
-          sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: 1n << 5n, intxGsi: pciIntxGsi(slot) }),
+          sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: FeatureSet.of(5), intxGsi: pciIntxGsi(slot) }),
         });
       }
 
