@@ -19,8 +19,6 @@ import { BIOS_AREA_START, GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE
 import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
 import { writeAcpiTables } from './firmware/acpi.js';
 import { pciIntxGsi, PCI_MAX_SLOTS } from './devices/pci/pci-bus.js';
-import { createTransportState } from './devices/virtio/transport-state.js';
-import { FeatureSet } from './devices/virtio/feature-set.js';
 import type { VcpuDeviceSpec } from './devices/virtio/vcpu-devices.js';
 import { NetSetup, type NetBootOptions } from './devices/net/net-setup.js';
 import { pciTestdevSetup } from './devices/pci-testdev.js';
@@ -54,8 +52,6 @@ export interface BootOptions {
   sampleRipMs?: number;
   /** Device file, default /dev/kvm. */
   kvmPath?: string;
-  /** Bring-up aid: a virtio-net PCI device with no data path (the guest enumerates and probes it). */
-  virtioNetStub?: boolean;
   /** A virtio-net NIC on a TAP (PCI slot 4): `{ tap: 'tap0', mac?, txBurst?, ioeventfd? }`. */
   net?: NetBootOptions;
   /** More PCI devices by name (`--device`), in slots from 5 up: 'pci-testdev' (QEMU's, for kvm-unit-tests). */
@@ -315,13 +311,6 @@ export class Vm {
 
       // PCI devices (register exits on the vCPU thread, see VcpuWorkerData.devices).
       const devices: VcpuDeviceSpec[] = [];
-      if (opts.virtioNetStub) {
-        const slot = 3;
-        devices.push({
-          kind: 'virtio-net-stub', pciSlot: slot, doorbellFds: {},
-          sharedState: createTransportState({ numQueues: 2, queueMaxSizes: [256, 256], msixVectors: 3, deviceFeatures: FeatureSet.of(5), intxGsi: pciIntxGsi(slot) }),
-        });
-      }
 
       let netSetup: NetSetup | null = null;
       if (opts.net) {

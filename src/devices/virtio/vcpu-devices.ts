@@ -2,9 +2,7 @@
 // 0xCF8-0xCFF) and, for each device the main thread described in workerData,
 // its vCPU-side virtio device and virtio-pci transport.
 //
-// A device kind maps to a factory of its `VirtioDeviceVcpuSide`. The
-// 'virtio-net-stub' kind is a network device with two queues and a MAC and no
-// data path: enough for a guest to enumerate and probe it (bring-up, tests).
+// A device kind maps to a factory of its `VirtioDeviceVcpuSide`.
 // PCI functions that are not virtio (pci-testdev) have factories of their own
 // (`plainPciFactories`) and get no transport.
 import type { MmioBus, PioBus } from '../../bus/io-bus.js';
@@ -21,9 +19,6 @@ import { VirtioPciDevice } from './virtio-pci.js';
 import { pcGsiRoutes } from '../../firmware/mptable.js';
 import { GuestErrorLog } from './guest-error-log.js';
 import { VirtioNetVcpu, type VirtioNetVcpuData } from '../net/virtio-net-vcpu.js';
-import { VIRTIO_ID_NET } from '../net/virtio-net-config.js';
-import { VIRTIO_NET_F_MAC } from '../net/virtio-net-features.js';
-import { FeatureSet } from './feature-set.js';
 
 /** A device the main thread asks the worker to put on the PCI bus (part of VcpuWorkerData). */
 export interface VcpuDeviceSpec {
@@ -69,7 +64,6 @@ export type VcpuDeviceFactory = (spec: VcpuDeviceSpec, state: TransportState, ct
  * would never be seen here.
  */
 const factories = new Map<string, VcpuDeviceFactory>([
-  ['virtio-net-stub', (spec) => new StubNetDevice(spec.options?.mac as number[] | undefined)],
   // The real virtio-net: spec.options.net is its VirtioNetVcpuData; its doorbells are rung from the exit path.
   ['virtio-net', (spec, state, ctx) => {
     const data = spec.options?.net as VirtioNetVcpuData;
@@ -206,36 +200,4 @@ export function msixRoutes(state: TransportState, gsiBase: number): Array<{ gsi:
     routes.push({ gsi: gsiBase + v, type: 'msi' as const, addressLo: state.msix.entryWord(v, 0), addressHi: state.msix.entryWord(v, 1), data: state.msix.entryWord(v, 2) });
   }
   return routes;
-}
-
-/** A virtio-net with RX and TX queues, a MAC and no data path (kicks are counted and dropped). */
-export class StubNetDevice implements VirtioDeviceVcpuSide {
-  readonly name = 'virtio-net-stub';
-  readonly deviceId = VIRTIO_ID_NET;
-  readonly numQueues = 2;
-  readonly deviceFeatures = FeatureSet.of(VIRTIO_NET_F_MAC);
-  readonly configSize = 6;
-  readonly mac: Uint8Array;
-  readonly notifies = [0, 0];
-  resets = 0;
-  lastStatus = 0;
-
-  constructor(mac: ArrayLike<number> = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) {
-    this.mac = Uint8Array.from(mac);
-  }
-
-  queueMaxSize(): number { return 256; }
-  readConfig(offset: number, size: number): number {
-    let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = (v << 8) | this.mac[offset + i];
-    return v >>> 0;
-  }
-  writeConfig(offset: number, size: number, value: number): void {
-    // Legacy drivers may write the MAC.
-    for (let i = 0; i < size; i++) this.mac[offset + i] = (value >>> (8 * i)) & 0xff;
-  }
-  validateFeatures(): boolean { return true; }
-  onQueueNotify(index: number): void { this.notifies[index]++; }
-  onStatusChange(_old: number, status: number): void { this.lastStatus = status; }
-  onReset(): void { this.resets++; this.lastStatus = 0; }
 }
