@@ -149,7 +149,15 @@ kvmTestSerial('npm start\'s guest: a shell on the console with the network up; p
   child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); check(); });
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); check(); });
   const closed = new Promise<number | null>((resolve) => child.on('close', resolve));
-  const waitFor = (re: RegExp) => new Promise<void>((resolve) => { seen.push({ re, resolve }); check(); });
+  // A run that ends before printing `re` fails the wait with what it printed last, never hangs the test.
+  const waitFor = (re: RegExp) => Promise.race([
+    new Promise<void>((resolve) => { seen.push({ re, resolve }); check(); }),
+    closed.then((code) => {
+      if (re.test(stdout + stderr)) return;
+      const tail = (stdout + stderr).trim().split('\n').slice(-15).join('\n');
+      throw new Error(`tsvisor ended (status ${code}) before printing ${re}; its last lines:\n${tail}`);
+    }),
+  ]);
   t.teardown(() => child.kill('SIGTERM'));
 
   await waitFor(/exit or poweroff ends the run/);
