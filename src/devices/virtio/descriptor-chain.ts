@@ -50,6 +50,15 @@ export class DescriptorChain {
   }
 }
 
+/** The byte at `offset` of segments [from, to) of `c` taken as one stream, or -1 past their end. */
+function byteInSegments(memory: GuestMemory, c: DescriptorChain, from: number, to: number, offset: number): number {
+  for (let s = from; s < to; s++) {
+    if (offset < c.len[s]) return memory.readU8(c.gpa[s] + offset);
+    offset -= c.len[s];
+  }
+  return -1;
+}
+
 /** The device-readable bytes of a chain, addressed as one stream. */
 export class ChainReader {
   private chain: DescriptorChain | null = null;
@@ -65,12 +74,7 @@ export class ChainReader {
   /** The byte at `offset` of the readable stream, or -1 past its end. */
   byteAt(offset: number): number {
     const c = this.chain;
-    if (c === null) return -1;
-    for (let s = 0; s < c.readableSegments; s++) {
-      if (offset < c.len[s]) return this.memory.readU8(c.gpa[s] + offset);
-      offset -= c.len[s];
-    }
-    return -1;
+    return c === null ? -1 : byteInSegments(this.memory, c, 0, c.readableSegments, offset);
   }
 
   /** Copies the first `dst.length` readable bytes into `dst`; returns the bytes copied. */
@@ -102,12 +106,7 @@ export class ChainWriter {
   /** Byte at `offset` of the writable stream, as the device wrote it (to inspect a received frame); -1 past the end. */
   byteAt(offset: number): number {
     const c = this.chain;
-    if (c === null) return -1;
-    for (let s = c.readableSegments; s < c.length; s++) {
-      if (offset < c.len[s]) return this.memory.readU8(c.gpa[s] + offset);
-      offset -= c.len[s];
-    }
-    return -1;
+    return c === null ? -1 : byteInSegments(this.memory, c, c.readableSegments, c.length, offset);
   }
 
   /** Writes one byte at `offset` of the writable stream; false past its end. */
