@@ -107,7 +107,6 @@ export function createPciDevices(specs: VcpuDeviceSpec[], buses: { pio: PioBus; 
     const pci = new VirtioPciDevice({ device, state, mem: ctx.mem, irq: ctx.irq, ringReset: bell ? () => bell.ring() : () => {}, onMsixMessageChanged, log });
     bus.plug(pci, spec.pciSlot);
     if (spec.ioeventfdFds && ctx.vm) followNotifyIoeventfds(pci, ctx.vm, spec.ioeventfdFds, failures);
-    vcpuBindingFailures.push(failures);
     devices.push(pci);
   }
   return { bus, devices };
@@ -120,9 +119,6 @@ export interface BindingFailures {
   /** Runs `what`; an exception is counted and logged (rate-limited), never thrown into the exit loop. */
   guard(what: string, f: () => void): void;
 }
-
-/** Every device's BindingFailures on this thread, for stats and tests. */
-export const vcpuBindingFailures: BindingFailures[] = [];
 
 /**
  * A guest moving a BAR or rewriting an MSI-X entry makes the vCPU thread
