@@ -68,8 +68,9 @@ Options:
                         exit to userspace; the default is the exit path
   --device NAME         add a PCI device; repeatable. NAME: pci-testdev (QEMU's
                         PCI test device, for kvm-unit-tests' vmexit pci-mem/pci-io)
-  --acpi on|off         ACPI tables and the PM block (PM timer, power-off) for
-                        multiboot kernels (default on); Linux gets the MP table
+  --acpi on|off         ACPI tables (with the PCI host bridge) and the PM block
+                        (PM timer, power-off by S5); default on. The MP table is
+                        always there, for kernels without ACPI
   --timeout SECONDS     stop the guest after this long (exit status 124)
   --host-params "ARGS"  kernel parameters appended for this host, replacing the
                         defaults (on kvm_pvm these avoid instructions its emulator

@@ -75,10 +75,10 @@ export interface BootOptions {
    */
   syscallCompletion?: 'auto' | 'on' | 'off';
   /**
-   * ACPI tables and the PM block they describe (src/firmware/acpi.ts): 'auto'
-   * (default) and 'on' give them to multiboot kernels (kvm-unit-tests reads
-   * the FADT). Linux gets the MP table: 'on' is refused for it until the DSDT
-   * describes the PCI root bridge (without it Linux with ACPI scans no PCI).
+   * ACPI tables and the PM block they describe (src/firmware/acpi.ts), on
+   * unless 'off': kvm-unit-tests reads the FADT, and Linux with ACPI finds
+   * PCI through the DSDT, the PM timer as a clock, and powers off by S5.
+   * Linux always gets the MP table too (for kernels without ACPI, or acpi=off).
    */
   acpi?: 'auto' | 'on' | 'off';
 }
@@ -339,7 +339,6 @@ export class Vm {
       // Load the kernel by what it is.
       let cpu: BootCpuState;
       let info: BootInfo;
-      let acpi = false;
       const hostParams = opts.hostParams ?? defaultHostParams(kvm.hostKind, tscKhz);
       if ('multiboot' in image) {
         // --initrd is module 0 (kvm-unit-tests reads its environment there), named by its path.
@@ -347,7 +346,6 @@ export class Vm {
         const loaded = loadMultiboot(mem, memBytes, kernelBytes, image.multiboot, { cmdline: opts.cmdline ?? '', kernelName, module });
         cpu = loaded;
         info = { format: 'multiboot', cmdline: loaded.cmdline, hostKind: kvm.hostKind, hostParams: [], memMiB, tscKhz };
-        acpi = (opts.acpi ?? 'auto') !== 'off';
       } else {
         const kernel = image.linux;
         const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
@@ -358,9 +356,8 @@ export class Vm {
           pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
         });
         info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
-        // Linux with ACPI scans PCI through the DSDT's root bridge, which tsvisor's DSDT does not describe yet: it would find no NIC.
-        if (opts.acpi === 'on') throw usageError('--acpi on is for multiboot kernels for now', 'leave it out for Linux: the DSDT does not describe the PCI root bridge yet, so Linux would find no PCI devices');
       }
+      const acpi = (opts.acpi ?? 'auto') !== 'off';
 
       // In the BIOS area below the MP table, where a guest scans for the RSDP.
       if (acpi) writeAcpiTables(mem, BIOS_AREA_START, { apicIds: [0] });

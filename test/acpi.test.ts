@@ -1,10 +1,15 @@
 // The ACPI tables (src/firmware/acpi.ts), found and walked the way a guest
 // does it, and the PM block they describe (src/devices/acpi-pm.ts).
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { BIOS_AREA_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR } from '../src/boot/layout.js';
 import { writeAcpiTables } from '../src/firmware/acpi.js';
 import { ACPI_PM_BASE, AcpiPm, PM_TIMER_HZ } from '../src/devices/acpi-pm.js';
+import { pciIntxGsi } from '../src/devices/pci/pci-bus.js';
 
 const sum = (b: Uint8Array) => b.reduce((a, x) => (a + x) & 0xff, 0);
 const str = (b: Uint8Array, off: number, n: number) => String.fromCharCode(...b.subarray(off, off + n));
@@ -79,12 +84,45 @@ test('FADT: the PM block\'s ports, the SCI, FACS and DSDT in both widths, the i8
   t.is(dv.getUint32(36, true) % 64, 0, 'FACS 64-byte aligned');
   const dsdt = table(t, mem, dv.getUint32(40, true));
   t.is(str(dsdt, 0, 4), 'DSDT');
-  // \_S5: NameOp "_S5_" PackageOp ... BytePrefix 5.
-  const aml = [...dsdt.subarray(36)];
-  t.deepEqual(aml.slice(0, 5), [0x08, 0x5f, 0x53, 0x35, 0x5f]);
-  t.is(aml[5], 0x12);
-  t.is(aml[6], aml.length - 6, 'PkgLength covers the rest of the package');
-  t.deepEqual(aml.slice(8, 10), [0x0a, 5]);
+});
+
+/** The DSDT as ACPICA's disassembler reads it back: an independent AML parser (acpica-tools). */
+function disassemble(dsdt: Uint8Array): string {
+  const dir = mkdtempSync(join(tmpdir(), 'tsvisor-dsdt-'));
+  try {
+    writeFileSync(join(dir, 'dsdt.dat'), dsdt);
+    const r = spawnSync('iasl', ['-d', join(dir, 'dsdt.dat')], { encoding: 'utf8' });
+    if (r.error) throw new Error(`iasl failed (${r.error.message}); install it with: apt-get install acpica-tools`);
+    if (r.status !== 0) throw new Error(`iasl could not disassemble the DSDT:\n${r.stdout}${r.stderr}`);
+    return readFileSync(join(dir, 'dsdt.dsl'), 'utf8');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('DSDT, read back by ACPICA: \\_S5 with sleep type 5, and the PCI host bridge with its windows and INTx routing', (t) => {
+  const { mem } = boot();
+  const f = find(t, mem, 'FACP')!;
+  const dsdt = table(t, mem, new DataView(f.bytes.buffer, f.bytes.byteOffset).getUint32(40, true));
+  t.is(str(dsdt, 0, 4), 'DSDT');
+  const dsl = disassemble(dsdt).replace(/\/\*.*?\*\//gs, '').replace(/\/\/.*$/gm, '').replace(/\s+/g, ' ');
+  t.regex(dsl, /Name \(\\_S5, Package \(0x04\) \{ 0x05, 0x05, Zero, Zero \}\)/);
+  t.regex(dsl, /Scope \(\\_SB\) \{ Device \(PCI0\) \{ Name \(_HID, EisaId \("PNP0A03"\) ?\)/);
+  t.regex(dsl, /WordBusNumber \(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x00FF, 0x0000, 0x0100,/);
+  t.regex(dsl, /IO \(Decode16, 0x0CF8, 0x0CF8, 0x01, 0x08, \)/);
+  t.regex(dsl, /WordIO \(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0000, 0x0CF7, 0x0000, 0x0CF8,/);
+  t.regex(dsl, /WordIO \(ResourceProducer, MinFixed, MaxFixed, PosDecode, EntireRange, 0x0000, 0x0D00, 0xFFFF, 0x0000, 0xF300,/);
+  t.regex(dsl, /DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, 0x00000000, 0xC0000000, 0xFEBFFFFF, 0x00000000, 0x3EC00000,/);
+  const prt = [...dsl.matchAll(/Package \(0x04\) \{ (0x[0-9A-F]+), (Zero|One|0x0[23]), Zero, 0x([0-9A-F]+) \}/g)]
+    .map((m) => ({ addr: m[1], pin: m[2], gsi: parseInt(m[3], 16) }));
+  t.is(prt.length, 128, 'four pins of each of 32 slots');
+  const pinOf = (p: string) => (p === 'Zero' ? 0 : p === 'One' ? 1 : parseInt(p, 16));
+  for (const e of prt) {
+    const slot = parseInt(e.addr, 16) >>> 16;
+    if (pinOf(e.pin) === 0) t.is(e.gsi, pciIntxGsi(slot), `slot ${slot} INTA# where the PCI bus and the MP table put it`);
+    t.true(e.gsi >= 16 && e.gsi < 24, 'clear of the ISA IRQs');
+  }
+  t.deepEqual(prt.filter((e) => e.addr === '0x0004FFFF').map((e) => e.gsi), [20, 21, 22, 23]);
 });
 
 test('MADT: one enabled LAPIC per processor, the IOAPIC, IRQ 0 → GSI 2, the SCI level-triggered', (t) => {

@@ -4,12 +4,13 @@
 // of src/devices/acpi-pm.ts (PM timer, PM1a event and control registers, so
 // `poweroff` and the suite's `inl_from_pmtimer` work), the reset register
 // (the i8042's 0xFE), the LAPICs and the IOAPIC with the ISA overrides the MP
-// table also lists. The DSDT holds only \_S5 (the sleep type that powers
-// off); it does not describe the PCI root bridge, so a guest enumerates PCI
-// by the legacy config mechanism.
+// table also lists. The DSDT (dsdtAml) holds \_S5 and the PCI host bridge
+// with its windows and INTx routing, all constant data (src/firmware/aml.ts).
 import type { GuestMemory } from '../memory/guest-memory.js';
-import { IOAPIC_ADDR, LAPIC_ADDR } from '../boot/layout.js';
+import { IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START } from '../boot/layout.js';
 import { MP_IOAPIC_ID } from './mptable.js';
+import { type Aml, device, dwordMemory, eisaId, integer, ioPorts, name, pkg, resourceTemplate, scope, wordBusNumber, wordIo } from './aml.js';
+import { PCI_CONFIG_ADDRESS, PCI_INTX_GSI_BASE, PCI_MAX_SLOTS } from '../devices/pci/pci-bus.js';
 import { ACPI_PM_BASE, PM1_CNT_OFFSET, PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_OFFSET, PM_TMR_LEN, SCI_IRQ, SLP_TYP_S5 } from '../devices/acpi-pm.js';
 
 const OEM_ID = 'TSVSOR';
@@ -72,14 +73,45 @@ function checksum(bytes: Uint8Array, at: number, len = bytes.length): void {
   bytes[at] = (0x100 - s) & 0xff;
 }
 
-/** DSDT: Name (\_S5, Package () { SLP_TYP_S5, SLP_TYP_S5, 0, 0 }) in AML, and nothing else. */
-function dsdt(): Table {
-  const aml = [
-    0x08, 0x5f, 0x53, 0x35, 0x5f, // NameOp "_S5_"
-    0x12, 0x08, 0x04, // PackageOp, PkgLength 8 (itself included), 4 elements
-    0x0a, SLP_TYP_S5, 0x0a, SLP_TYP_S5, // BytePrefix values: PM1a and PM1b SLP_TYP
-    0x00, 0x00, // ZeroOp, ZeroOp: reserved
+/**
+ * DSDT: \_S5 (the sleep type that powers off) and the PCI host bridge
+ * \_SB.PCI0, so that a guest with ACPI enumerates PCI through it as on a PC:
+ * - _CRS: bus 0-255, the config ports 0xCF8-0xCFF, every other I/O port, and
+ *   the 32-bit memory window where tsvisor places BARs;
+ * - _PRT: INTA#-INTD# of every slot to a GSI: INTA# where pciIntxGsi and
+ *   the MP table put it, the other pins rotated from there.
+ *   Entries name GSIs directly (source 0), so they are level-triggered and
+ *   active-low, as the MP table says too.
+ */
+export function dsdtAml(): number[] {
+  const prt: Aml[] = [];
+  for (let slot = 0; slot < PCI_MAX_SLOTS; slot++) {
+    for (let pin = 0; pin < 4; pin++) {
+      prt.push(pkg([integer(slot * 0x10000 + 0xffff), integer(pin), integer(0), integer(PCI_INTX_GSI_BASE + ((slot + pin) % 8))]));
+    }
+  }
+  // A Package holds at most 255 elements: 128 entries fit.
+  const pci0 = device('PCI0', [
+    name('_HID', eisaId('PNP0A03')),
+    name('_UID', integer(0)),
+    name('_BBN', integer(0)),
+    name('_CRS', resourceTemplate([
+      wordBusNumber(0, 0xff),
+      ioPorts(PCI_CONFIG_ADDRESS, PCI_CONFIG_ADDRESS, 1, 8),
+      wordIo(0, PCI_CONFIG_ADDRESS - 1),
+      wordIo(PCI_CONFIG_ADDRESS + 8, 0xffff),
+      dwordMemory(PCI_MMIO_START, PCI_MMIO_END - 1),
+    ])),
+    name('_PRT', pkg(prt)),
+  ]);
+  return [
+    ...name('\\_S5', pkg([integer(SLP_TYP_S5), integer(SLP_TYP_S5), integer(0), integer(0)])),
+    ...scope('\\_SB', [pci0]),
   ];
+}
+
+function dsdt(): Table {
+  const aml = dsdtAml();
   const t = sdt('DSDT', HEADER_SIZE + aml.length, 2);
   t.bytes.set(aml, HEADER_SIZE);
   return t;
