@@ -113,17 +113,17 @@ kvmTestSerial('tsvisor run -- COMMAND exits with the command\'s status: true 0, 
   }
 }, guestMissing);
 
-kvmTestSerial('--add puts host files into the guest, where the command finds them', async (t) => {
+kvmTestSerial('--add puts host files into the guest, where the command finds them (a guest booted with acpi=off: the MP table alone)', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvisor-add-run-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'check.sh'), '#!/bin/sh\nsha256sum /opt/data/blob | cut -d" " -f1\nexit 3\n');
+  writeFileSync(join(dir, 'check.sh'), '#!/bin/sh\n[ -d /sys/firmware/acpi ] && echo acpi-on\nsha256sum /opt/data/blob | cut -d" " -f1\nexit 3\n');
   chmodSync(join(dir, 'check.sh'), 0o755);
   mkdirSync(join(dir, 'data'));
   const blob = Buffer.alloc(100_000, 'tsvisor');
   writeFileSync(join(dir, 'data/blob'), blob);
   const expected = execFileSync('sha256sum', [join(dir, 'data/blob')], { encoding: 'utf8' }).split(' ')[0];
-  const r = await tsvisor(['run', '--add', join(dir, 'check.sh'), '--add', `${join(dir, 'data')}:/opt/data`, '--', './check.sh']);
-  t.is(r.stdout.trim(), expected, 'the file arrived whole');
+  const r = await tsvisor(['run', '--append', 'console=ttyS0 panic=-1 quiet acpi=off', '--add', join(dir, 'check.sh'), '--add', `${join(dir, 'data')}:/opt/data`, '--', './check.sh']);
+  t.is(r.stdout.trim(), expected, 'the file arrived whole, and nothing else printed: with acpi=off the kernel left ACPI alone');
   t.is(r.status, 3);
 }, guestMissing);
 
@@ -137,7 +137,7 @@ kvmTestSerial(`a guest kernel that panics gives status ${COMMAND_EXIT.panic}; a 
   t.regex(late.stderr, /no exit within 3000 ms \(--timeout\)/);
 }, guestMissing);
 
-kvmTestSerial('npm start\'s guest: a shell on the console with the network up; ping both ways; exit ends the run with status 0', async (t) => {
+kvmTestSerial('npm start\'s guest: a shell on the console with the network up; ping both ways; exit powers off by ACPI with status 0', async (t) => {
   // What `npm start` runs, with this test typing instead of a person.
   const child = spawn(process.execPath, [TSVISOR, 'run', '--net', 'sandbox'], { stdio: ['pipe', 'pipe', 'pipe'], timeout: 15 * 60_000 });
   let stdout = '';
@@ -170,5 +170,6 @@ kvmTestSerial('npm start\'s guest: a shell on the console with the network up; p
   t.regex(stdout, /eth0 10\.0\.2\.15\/24/, 'the login message shows eth0 configured');
   t.regex(stdout, /3 packets transmitted, 3 packets received/);
   t.regex(stderr, /host → guest ping answered/);
+  t.regex(stderr, /tsvisor: the guest powered off \(ACPI S5\)/, 'exit → init\'s poweroff -f → Linux writes S5 to PM1a_CNT');
   t.is(status, 0);
 }, () => (process.getuid?.() === 0 ? guestMissing() : 'needs root for --net sandbox'));

@@ -44,7 +44,7 @@ export function commandEnd(kind: ExitKind, code: number | undefined, reason: str
   const said = kind !== 'timeout' && kind !== 'stopped' ? CONSOLE_EXIT_RE.exec(consoleText) : null;
   if (said) {
     const status = Number(said[1]) & 0xff;
-    return { kind: 'command', status, reason: `the command exited with status ${status} (reported on the console)` };
+    return { kind: 'command', status, reason: `the command exited with status ${status} (reported on the console; then ${reason})` };
   }
   if (PANIC_RE.test(consoleText)) {
     const line = /Kernel panic - not syncing:?[^\r\n]*/.exec(consoleText)?.[0] ?? 'Kernel panic';
