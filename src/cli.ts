@@ -66,8 +66,14 @@ Options:
   --tx-burst N          packets one TX bottom-half run sends (default 256)
   --ioeventfd           bind queue-notify writes to eventfds (KVM_IOEVENTFD): no
                         exit to userspace; the default is the exit path
-  --device NAME         add a PCI device; repeatable. NAME: pci-testdev (QEMU's
-                        PCI test device, for kvm-unit-tests' vmexit pci-mem/pci-io)
+  --device NAME         add a device; repeatable. NAME: pci-testdev (QEMU's PCI
+                        test device, for kvm-unit-tests' vmexit pci-mem/pci-io; a
+                        PCI slot each) or pc-testdev (QEMU's ISA test device, as
+                        kvm-unit-tests' x86/run adds it: ports 0xe0-0xeb and
+                        0x2000-0x2017, MMIO at 0xff000000; no PCI slot, once)
+  --pit-reinject on|off whether the PIT re-injects timer ticks the guest missed
+                        (default on, as KVM and QEMU; off is QEMU's
+                        kvm-pit.lost_tick_policy=discard)
   --acpi on|off         ACPI tables (with the PCI host bridge) and the PM block
                         (PM timer, power-off by S5); default on. The MP table is
                         always there, for kernels without ACPI
@@ -116,6 +122,7 @@ const RUN_OPTIONS = {
   'fw-cfg': { type: 'string', multiple: true },
   device: { type: 'string', multiple: true },
   acpi: { type: 'string' },
+  'pit-reinject': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -211,6 +218,8 @@ async function run(argv: string[]): Promise<number> {
   const devices = (values.device ?? []).map(deviceName);
   if (values.acpi !== undefined && values.acpi !== 'on' && values.acpi !== 'off') throw usageError(`--acpi ${values.acpi} is not on or off`, 'write --acpi on or --acpi off');
   const acpi = values.acpi as 'on' | 'off' | undefined;
+  const pitReinject = values['pit-reinject'];
+  if (pitReinject !== undefined && pitReinject !== 'on' && pitReinject !== 'off') throw usageError(`--pit-reinject ${pitReinject} is not on or off`, 'write --pit-reinject on or --pit-reinject off');
   const defaultGuest = values.kernel === undefined;
   let kernel = values.kernel;
   let initrd = values.initrd;
@@ -242,6 +251,7 @@ async function run(argv: string[]): Promise<number> {
     fwCfgFiles,
     devices,
     acpi,
+    pitReinject: pitReinject as 'on' | 'off' | undefined,
   };
 
   if (!netSpec && values.ioeventfd) throw usageError('--ioeventfd needs a NIC', 'add --net tap:NAME or --net sandbox');

@@ -54,7 +54,11 @@ export interface BootOptions {
   kvmPath?: string;
   /** A virtio-net NIC on a TAP (PCI slot 4): `{ tap: 'tap0', mac?, txBurst?, ioeventfd? }`. */
   net?: NetBootOptions;
-  /** More PCI devices by name (`--device`), in slots from 5 up: 'pci-testdev' (QEMU's, for kvm-unit-tests). */
+  /**
+   * More devices by name (`--device`): 'pci-testdev' (QEMU's PCI test device,
+   * in PCI slots from 5 up) and 'pc-testdev' (QEMU's ISA test device, at fixed
+   * ports and addresses, no slot, at most once); both for kvm-unit-tests.
+   */
   devices?: DeviceName[];
   /**
    * A shell command for the guest's init (guest/init: the default guest's, or
@@ -81,6 +85,12 @@ export interface BootOptions {
    * Linux always gets the MP table too (for kernels without ACPI, or acpi=off).
    */
   acpi?: 'auto' | 'on' | 'off';
+  /**
+   * Whether the in-kernel PIT re-injects ticks the guest missed (KVM's and
+   * QEMU's default, 'on'); 'off' discards them, as QEMU's
+   * `kvm-pit.lost_tick_policy=discard` (KVM_REINJECT_CONTROL).
+   */
+  pitReinject?: 'on' | 'off';
 }
 
 export interface VmExit {
@@ -108,9 +118,11 @@ export interface BootInfo {
 const MIN_MEM_MIB = 8;
 
 /** Devices `--device` / BootOptions.devices can add. */
-export const DEVICE_NAMES = ['pci-testdev'] as const;
+export const DEVICE_NAMES = ['pci-testdev', 'pc-testdev'] as const;
 export type DeviceName = (typeof DEVICE_NAMES)[number];
-/** Their PCI slots start here (3 and 4 are the NICs'). */
+/** The ISA ones: fixed ports and addresses, no PCI slot, so at most one each. */
+const ISA_DEVICE_NAMES: readonly DeviceName[] = ['pc-testdev'];
+/** The PCI ones' slots start here (3 and 4 are the NICs'). */
 const FIRST_DEVICE_SLOT = 5;
 /** How often to check whether the guest halted with interrupts off. */
 const HALT_CHECK_MS = 250;
@@ -252,7 +264,14 @@ export class Vm {
     for (const name of extraDevices) {
       if (!DEVICE_NAMES.includes(name)) throw usageError(`unknown device "${String(name)}"`, `known devices: ${DEVICE_NAMES.join(', ')}`);
     }
-    if (FIRST_DEVICE_SLOT + extraDevices.length > PCI_MAX_SLOTS) throw usageError(`${extraDevices.length} devices do not fit on the PCI bus`, `give at most ${PCI_MAX_SLOTS - FIRST_DEVICE_SLOT}`);
+    for (const name of ISA_DEVICE_NAMES) {
+      const n = extraDevices.filter((d) => d === name).length;
+      if (n > 1) throw usageError(`--device ${name} is given ${n} times`, `give it once: its ports and addresses are fixed`);
+    }
+    const pciDevices = extraDevices.filter((d) => !ISA_DEVICE_NAMES.includes(d));
+    if (FIRST_DEVICE_SLOT + pciDevices.length > PCI_MAX_SLOTS) throw usageError(`${pciDevices.length} PCI devices do not fit on the PCI bus`, `give at most ${PCI_MAX_SLOTS - FIRST_DEVICE_SLOT}`);
+    const pitReinject = opts.pitReinject ?? 'on';
+    if (pitReinject !== 'on' && pitReinject !== 'off') throw usageError(`--pit-reinject ${String(pitReinject)} is not on or off`, 'write --pit-reinject on or --pit-reinject off');
     const kernelBytes = readInput('kernel', opts.kernel);
     let initrd = opts.initrd ? readInput('initrd', opts.initrd) : null;
     // A command and added files travel as a second archive after the initramfs.
@@ -308,6 +327,11 @@ export class Vm {
       // The PC's wiring (PIT on IOAPIC pin 2), which the MP table describes.
       vm.setGsiRouting(pcGsiRoutes());
       vm.createPit2();
+      // Re-injection is KVM's default: only 'off' needs the ioctl (as QEMU calls it only for lost_tick_policy=discard).
+      if (pitReinject === 'off') {
+        if (kvm.checkExtension(abi.KVM_CAP_REINJECT_CONTROL) <= 0) throw new TsvisorError('this host\'s KVM lacks KVM_CAP_REINJECT_CONTROL, which --pit-reinject off needs', 1, 'leave out --pit-reinject off, or use a newer kernel');
+        vm.reinjectControl(false);
+      }
 
       // PCI devices (register exits on the vCPU thread, see VcpuWorkerData.devices).
       const devices: VcpuDeviceSpec[] = [];
@@ -321,8 +345,8 @@ export class Vm {
         devices.push(setup.spec);
       }
       const deviceClosers: Array<() => void> = [];
-      extraDevices.forEach((_name, i) => {
-        // 'pci-testdev' is the only name so far.
+      pciDevices.forEach((_name, i) => {
+        // 'pci-testdev' is the only PCI name so far.
         const d = pciTestdevSetup(FIRST_DEVICE_SLOT + i);
         undo.push(d.close);
         deviceClosers.push(d.close);
@@ -384,6 +408,7 @@ export class Vm {
         syscallCompletion: opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm'),
         // Every guest gets fw_cfg, as under QEMU (kvm-unit-tests needs its CPU count).
         acpi,
+        pcTestdev: extraDevices.includes('pc-testdev'),
         fwCfg: fwCfgItems({ ramBytes: memBytes, cpus: 1, files: fwCfgFiles }),
       };
       return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));

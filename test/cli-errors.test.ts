@@ -207,6 +207,14 @@ for (const [value, problem] of netCases) {
   });
 }
 
+test('--pit-reinject maybe: status 2, the value, and what to write', async (t) => {
+  oneLine(t, await tsvisor(['--kernel', vmlinux, '--pit-reinject', 'maybe']), 2, '--pit-reinject maybe is not on or off', 'write --pit-reinject on or --pit-reinject off');
+});
+
+test('--device pc-testdev twice: status 2, the device, and "give it once"', async (t) => {
+  oneLine(t, await tsvisor(['--kernel', vmlinux, '--device', 'pc-testdev', '--device', 'pc-testdev']), 2, '--device pc-testdev is given 2 times', 'give it once');
+});
+
 // ---- /dev/kvm ----
 
 test('a missing KVM device (TSVISOR_KVM_DEVICE=/nonexistent/kvm): status 1, the path, and how to get KVM', async (t) => {

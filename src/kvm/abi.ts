@@ -27,6 +27,8 @@ export const KVM_SET_IDENTITY_MAP_ADDR = IOW(0x48, 8);
 export const KVM_CREATE_IRQCHIP = IO(0x60);
 export const KVM_IRQ_LINE = IOW(0x61, 8);
 export const KVM_SET_GSI_ROUTING = IOW(0x6a, 8);
+/** struct kvm_reinject_control { __u8 pit_reinject; __u8 reserved[31]; } — an _IO number in <linux/kvm.h>, though it takes the struct. */
+export const KVM_REINJECT_CONTROL = IO(0x71);
 export const KVM_IRQFD = IOW(0x76, 32);
 export const KVM_CREATE_PIT2 = IOW(0x77, 64);
 export const KVM_IOEVENTFD = IOW(0x79, 64);
@@ -56,6 +58,7 @@ export const KVM_CAP_HLT = 1;
 export const KVM_CAP_USER_MEMORY = 3;
 export const KVM_CAP_SET_TSS_ADDR = 4;
 export const KVM_CAP_EXT_CPUID = 7;
+export const KVM_CAP_REINJECT_CONTROL = 24;
 export const KVM_CAP_IRQ_ROUTING = 25;
 export const KVM_CAP_IRQ_INJECT_STATUS = 26;
 export const KVM_CAP_SET_IDENTITY_MAP_ADDR = 37;

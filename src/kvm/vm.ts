@@ -157,6 +157,18 @@ export class KvmVm extends VmHandle {
     this.vmCall('KVM_CREATE_PIT2', abi.KVM_CREATE_PIT2, this.nb.address);
   }
 
+  /**
+   * Whether the in-kernel PIT re-injects timer ticks the guest did not take in
+   * time (KVM_REINJECT_CONTROL; KVM's default is on). Off is QEMU's
+   * `kvm-pit.lost_tick_policy=discard`, which kvm-unit-tests' x86/run sets.
+   * Call after createPit2.
+   */
+  reinjectControl(pitReinject: boolean): void {
+    this.nb.clear();
+    this.nb.dv.setUint8(0, pitReinject ? 1 : 0);
+    this.vmCall('KVM_REINJECT_CONTROL', abi.KVM_REINJECT_CONTROL, this.nb.address);
+  }
+
   createVcpuFd(id: number): number {
     return this.vmCall('KVM_CREATE_VCPU', abi.KVM_CREATE_VCPU, id);
   }

@@ -34,6 +34,7 @@ export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = 0x4000;
+export const MADV_DONTNEED = 4;
 export const MADV_MERGEABLE = 12;
 export const AF_INET = 2;
 export const SOCK_DGRAM = 2;

@@ -28,6 +28,8 @@ export interface VcpuWorkerData {
   fwCfg?: FwCfgItem[];
   /** The ACPI tables were written: answer their PM block (src/devices/acpi-pm.ts). */
   acpi?: boolean;
+  /** QEMU's ISA test device (`--device pc-testdev`, src/devices/pc-testdev.ts) on this thread's buses. */
+  pcTestdev?: boolean;
 }
 
 // Control words (Int32Array over `control`).

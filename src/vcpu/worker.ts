@@ -12,6 +12,7 @@ import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { FwCfg, FW_CFG_PORT_SEL } from '../devices/fw-cfg.js';
 import { AcpiPm, ACPI_PM_BASE, ACPI_PM_LENGTH } from '../devices/acpi-pm.js';
+import { attachPcTestdev, madvisePageFlusher } from '../devices/pc-testdev.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { SyscallCompletion } from './syscall-completion.js';
@@ -54,6 +55,8 @@ pio.register(new Sink('post'), 0x80, 1);
 if (data.fwCfg) pio.register(new FwCfg(data.fwCfg), FW_CFG_PORT_SEL, 2);
 // The ACPI PM block the FADT names: PM timer, power-off through PM1a control.
 if (data.acpi) pio.register(new AcpiPm(() => onEvent({ kind: 'poweroff' })), ACPI_PM_BASE, ACPI_PM_LENGTH);
+// QEMU's ISA test device: scratch and flush ports, IRQ lines through KVM_IRQ_LINE, 64 KiB of MMIO at 0xff000000.
+if (data.pcTestdev) attachPcTestdev({ pio, mmio }, vm, madvisePageFlusher(data.ram));
 // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
 createPciDevices(data.devices ?? [], { pio, mmio }, { mem, irq: vm, vm });
 
