@@ -5,11 +5,12 @@
 //   tx, rx  the packet path against the TAP syscall floor (scripts/bench/tap-floor.c)
 //   qemu    the same guest programs under QEMU (installed with apt-get when missing)
 //   linux   the default Linux guest: boot, VMM share, memory, host ping, and from its user space ping, syscalls/s, TCP both ways
+//   vmexit  kvm-unit-tests' vmexit sub-tests under tsvisor and QEMU (TSC cycles per exit; headline: the exits to userspace)
 // The firmware parts run their guest loops in both modes: CPL3 (ring 3, native
 // on kvm_pvm) and CPL0 (ring 0, emulated on kvm_pvm). The JSON's figures are
 // the headline mode's (CPL3 on kvm_pvm, CPL0 on hardware KVM), with the other
 // mode's beside them under its name (`exit.<kind>.cpl0`, `tx.<size>.cpl0`, …).
-// Default: all parts. --quick: tiny counts and one run, no QEMU or Linux (the test smoke).
+// Default: all parts. --quick: tiny counts and one run, no QEMU, Linux or vmexit (the test smoke).
 // Builds what it needs first: the firmware (bash firmware/build.sh) and the C references.
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -21,11 +22,14 @@ import { ExitBench, EXIT_KINDS, type ExitFigures, type Mode } from './bench/exit
 import { PacketBench, FRAME_SIZES, type PathFigures } from './bench/packets.js';
 import { QemuBench, ensureQemu, type QemuFigures } from './bench/qemu.js';
 import { LinuxBench, type LinuxFigures } from './bench/linux.js';
+import { VmexitBench, vmexitMissing, type VmexitFigures } from './bench/vmexit.js';
 import { exitHistogramSvg } from './bench/svg.js';
 import { benchNet, root, Scratch } from './bench/procs.js';
 import { fmt, fmtRatio, ratio, Reasons, type Summary } from './bench/summary.js';
 
-const PARTS = ['exits', 'tx', 'rx', 'qemu', 'linux'] as const;
+const PARTS = ['exits', 'tx', 'rx', 'qemu', 'linux', 'vmexit'] as const;
+/** The parts whose figures need KVM's TSC rate (guest cycles become time). */
+const NEEDS_TSC: readonly Part[] = ['tx', 'rx', 'qemu'];
 type Part = (typeof PARTS)[number];
 
 class UsageError extends Error {}
@@ -42,7 +46,7 @@ function options() {
   }
   const { values, positionals } = parsed;
   if (values.help) {
-    console.log('usage: npm run bench -- [exits|tx|rx|qemu|linux ...] [--runs N] [--json FILE] [--svg FILE] [--quick]');
+    console.log('usage: npm run bench -- [exits|tx|rx|qemu|linux|vmexit ...] [--runs N] [--json FILE] [--svg FILE] [--quick]');
     process.exit(0);
   }
   for (const p of positionals) if (!(PARTS as readonly string[]).includes(p)) throw new UsageError(`unknown part "${p}": choose from ${PARTS.join(', ')}`);
@@ -114,9 +118,9 @@ async function main(): Promise<void> {
       json.exit = exit;
     }
     // Guest figures in TSC cycles become time at KVM's TSC rate, which the floor reads.
-    if (exitBench.tscKhz === null && o.parts.some((p) => p !== 'exits' && p !== 'linux')) await exitBench.measure('pio_out', 64, 1, () => {}, 'cpl0');
+    if (exitBench.tscKhz === null && o.parts.some((p) => NEEDS_TSC.includes(p))) await exitBench.measure('pio_out', 64, 1, () => {}, 'cpl0');
     const tscKhz = exitBench.tscKhz ?? 0;
-    if (!tscKhz && o.parts.some((p) => p !== 'exits' && p !== 'linux')) throw new Error('the TSC frequency is unknown (KVM_GET_TSC_KHZ failed in exit-floor)');
+    if (!tscKhz && o.parts.some((p) => NEEDS_TSC.includes(p))) throw new Error('the TSC frequency is unknown (KVM_GET_TSC_KHZ failed in exit-floor)');
     json.tsc_khz = tscKhz || null;
 
     let rssUnderLoad: number | null = null;
@@ -246,6 +250,41 @@ async function main(): Promise<void> {
       table.push(row(['Linux host → guest TCP, Mbit/s (timed in the guest)', fmt(l?.tcpInMbps ?? null, 0), '', '', '']));
       table.push(row(['kvm_pvm SYSCALL completion: tsvisor ns per completed syscall', fmt(l?.vmmNsPerCompletion ?? null, 0), '', '', '']));
       table.push(row(['kvm_pvm SYSCALL completion: tsvisor ns per stepped #PF', fmt(l?.vmmNsPerStep ?? null, 0), '', '', '']));
+    }
+    if (o.parts.includes('vmexit')) {
+      // kvm-unit-tests' vmexit: guest TSC cycles per exit, tsvisor against QEMU on the same KVM.
+      let v: VmexitFigures | null = null;
+      const why = vmexitMissing();
+      if (why) reasons.add('vmexit', why);
+      else {
+        const qemuWhy = ensureQemu(log);
+        log(`vmexit: kvm-unit-tests' vmexit sub-tests under tsvisor and QEMU, alternating, ${o.runs} run${o.runs > 1 ? 's' : ''}`);
+        try {
+          v = await new VmexitBench().measure(o.runs, log, qemuWhy);
+        } catch (e) {
+          reasons.add('vmexit', (e as Error).message);
+        }
+      }
+      const out: Record<string, unknown> = {};
+      for (const [name, f] of Object.entries(v?.figures ?? {})) {
+        out[name] = {
+          subtest: f.subtest, headline: f.headline, userspace_exit: f.userspaceExit,
+          tsvisor_cycles: med(f.tsvisor), tsvisor_min: f.tsvisor?.min ?? null, tsvisor_max: f.tsvisor?.max ?? null,
+          qemu_cycles: med(f.qemu), qemu_min: f.qemu?.min ?? null, qemu_max: f.qemu?.max ?? null,
+          ratio: f.ratio, detail: { tsvisor: f.tsvisor, qemu: f.qemu },
+        };
+        for (const [vmm, r] of Object.entries(f.why)) reasons.add(`vmexit.${name}.${vmm}_cycles`, r);
+        // The target (issue 13) holds for the headline rows and for every exit that reaches the VMM's userspace.
+        const target = f.headline || f.userspaceExit ? '≤ 1.0×' : '—';
+        const kind = f.userspaceExit ? 'exit to userspace' : f.headline ? 'eventfd in KVM' : 'handled in KVM';
+        table.push(row([`kvm-unit-tests vmexit ${name} (${kind}), guest cycles`, fmt(f.tsvisor, 0), `${fmt(f.qemu, 0)} (QEMU)`, fmtRatio(f.ratio), target]));
+      }
+      for (const [sub, r] of Object.entries(v?.missing ?? {})) {
+        out[sub] = null;
+        reasons.add(`vmexit.${sub}`, r);
+        table.push(row([`kvm-unit-tests vmexit ${sub}, guest cycles`, '—', '—', '—', '']));
+      }
+      json.vmexit = v ? { unit: 'TSC cycles per iteration (vmexit\'s own figure)', suite: v.suiteDir, ...out } : null;
     }
     json.rss_mib = { after_boot: rssAfterBoot, under_load: rssUnderLoad };
     if (rssAfterBoot === null) reasons.add('rss_mib.after_boot', o.parts.includes('linux') ? 'no Linux boot measured' : 'the linux part was not run');
