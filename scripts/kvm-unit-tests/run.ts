@@ -88,10 +88,11 @@ export function vmmArgv(vmm: Vmm, suiteDir: string, t: CfgTest, timeoutS: number
   if (vmm === 'tsvisor') {
     const ignored: string[] = [];
     if (t.qemuParams.trim()) ignored.push(`qemu_params ${t.qemuParams.trim()}`);
-    const device = tsvisorHasDevice() ? ['--device', 'pci-testdev'] : [];
-    if (!device.length) ignored.push('-device pci-testdev (tsvisor run has no --device)');
+    // As x86/run gives QEMU: -device pc-testdev (and pci-testdev), and kvm-pit.lost_tick_policy=discard.
+    const device = tsvisorHasDevice() ? ['--device', 'pci-testdev', '--device', 'pc-testdev'] : [];
+    if (!device.length) ignored.push('-device pci-testdev -device pc-testdev (tsvisor run has no --device)');
     return {
-      argv: [process.execPath, TSVISOR_CLI, 'run', '--kernel', kernel, ...(args ? ['--append', args] : []), '--mem', String(MEM_MIB), '--timeout', String(timeoutS), ...device],
+      argv: [process.execPath, TSVISOR_CLI, 'run', '--kernel', kernel, ...(args ? ['--append', args] : []), '--mem', String(MEM_MIB), '--timeout', String(timeoutS), ...device, '--pit-reinject', 'off'],
       ignored,
     };
   }

@@ -267,6 +267,7 @@ export const CI_TESTS: readonly TestSpec[] = [
   { name: 'vmexit_inl_from_qemu', from: 'vmexit_cpuid', testArgs: "'inl_from_qemu'", note: 'not in the cfg: vmexit_cpuid with test_args inl_from_qemu' },
   { name: 'vmexit_pci_mem', from: 'vmexit_cpuid', testArgs: "'pci-mem'", note: 'not in the cfg: vmexit_cpuid with test_args pci-mem' },
   { name: 'vmexit_pci_io', from: 'vmexit_cpuid', testArgs: "'pci-io'", note: 'not in the cfg: vmexit_cpuid with test_args pci-io' },
+  { name: 'ioapic', smp: 1, note: 'smp 1; the cfg has 4 (the test runs its SMP parts only with more CPUs)' },
 ];
 
 /** The cfg entry for a spec (a variant takes its section and changes what the spec says). */
