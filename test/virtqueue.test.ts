@@ -349,6 +349,83 @@ test('RAM with two regions: chains may use both, not the hole', (t) => {
   t.true(q.broken);
 });
 
+test('RAM in adjacent regions (tsvisor maps RAM in 2 GiB regions): a buffer across the boundary is one segment per region, readable and writable whole', (t) => {
+  const mem = new GuestMemory([
+    { gpa: 0, bytes: new Uint8Array(0x10000), hostAddress: 0n },
+    { gpa: 0x10000, bytes: new Uint8Array(0x10000), hostAddress: 0n },
+    { gpa: 0x100000, bytes: new Uint8Array(0x1000), hostAddress: 0n },
+  ]);
+  const drv = new VringDriver(mem, 8);
+  const q = drv.queue();
+  const chain = new DescriptorChain();
+  mem.write(0xfffe, Uint8Array.from([1, 2]));
+  mem.write(0x10000, Uint8Array.from([3, 4]));
+  drv.addChain([{ gpa: 0xfffe, len: 4 }, { gpa: 0xff00, len: 0x200, write: true }]);
+  drv.kick();
+  t.true(q.pop(chain));
+  t.deepEqual(segments(chain), [
+    { gpa: 0xfffe, len: 2, write: false },
+    { gpa: 0x10000, len: 2, write: false },
+    { gpa: 0xff00, len: 0x100, write: true },
+    { gpa: 0x10000, len: 0x100, write: true },
+  ]);
+  t.is(chain.readableBytes, 4);
+  t.is(chain.writableBytes, 0x200);
+  const r = new ChainReader(mem).bind(chain);
+  const buf = new Uint8Array(4);
+  t.is(r.copyTo(buf), 4);
+  t.deepEqual([...buf], [1, 2, 3, 4]);
+  const w = new ChainWriter(mem).bind(chain);
+  t.true(w.writeU16(0xff, 0xbbaa), 'a u16 across the region boundary');
+  t.deepEqual([mem.readU8(0xffff), mem.readU8(0x10000)], [0xaa, 0xbb]);
+  q.push(chain.head, 0x200);
+
+  // An indirect table across the boundary is read descriptor by descriptor.
+  drv.addIndirect(0xfff0, [{ gpa: 0x8000, len: 8 }, { gpa: 0x9000, len: 8, write: true }]);
+  drv.kick();
+  t.true(q.pop(chain));
+  t.deepEqual(segments(chain), [{ gpa: 0x8000, len: 8, write: false }, { gpa: 0x9000, len: 8, write: true }]);
+  q.push(chain.head, 0);
+
+  // Running on past the last adjacent region into a gap is still refused.
+  drv.addChain([{ gpa: 0x1ff00, len: 0x200 }]);
+  drv.kick();
+  t.false(q.pop(chain));
+  t.regex(q.brokenReason, /outside guest RAM/);
+});
+
+test('more buffers in flight than the queue size break the queue (QEMU: "Virtqueue size exceeded")', (t) => {
+  const { drv, q, chain } = setup(4);
+  // The device holds all four buffers (RX waiting for frames, say) ...
+  for (let i = 0; i < 4; i++) drv.addChain([{ gpa: 0x10000 + 0x1000 * i, len: 64, write: true }]);
+  drv.kick();
+  const held: number[] = [];
+  while (q.pop(chain)) held.push(chain.head);
+  t.is(held.length, 4);
+  t.false(q.broken);
+  // ... and the driver offers one of them again: avail.idx is within a queue size of what was popped, but a fifth buffer cannot exist.
+  drv.addHead(held[0]);
+  drv.kick();
+  t.false(q.pop(chain));
+  t.true(q.broken);
+  t.regex(q.brokenReason, /more buffers in flight than the queue size/);
+});
+
+test('a driver that keeps the queue full runs through 2^16 buffers without reaching the in-flight bound', (t) => {
+  const { drv, q, chain } = setup(4);
+  for (let i = 0; i < 4; i++) drv.addChain([{ gpa: 0x10000 + 0x1000 * i, len: 64, write: true }]);
+  drv.kick();
+  for (let n = 0; n < 70_000; n++) {
+    t.true(q.pop(chain), `pop ${n}`);
+    q.push(chain.head, 1);
+    drv.takeUsed();
+    drv.addHead(chain.head);
+    drv.kick();
+    if (q.broken) break;
+  }
+  t.false(q.broken, q.brokenReason);
+});
+
 test('activate refuses bad configurations', (t) => {
   const mem = GuestMemory.fake(0x10000);
   const cases: [string, (q: Virtqueue) => void][] = [

@@ -45,6 +45,32 @@ export class GuestMemory {
     return -1;
   }
 
+  /**
+   * How many bytes of [gpa, gpa+len) lie in the region that holds `gpa` (at
+   * most `len`), or -1 when `gpa` is not RAM. tsvisor maps RAM in regions of at
+   * most 2 GiB, so a guest buffer may run on into the next, adjacent region.
+   */
+  runAt(gpa: number, len: number): number {
+    if (!Number.isSafeInteger(gpa) || gpa < 0 || !Number.isSafeInteger(len) || len < 0) return -1;
+    for (const r of this.regions) {
+      const end = r.gpa + r.bytes.byteLength;
+      if (gpa >= r.gpa && gpa < end) return Math.min(len, end - gpa);
+    }
+    return -1;
+  }
+
+  /** True when [gpa, gpa+len) is all guest RAM, in one region or across adjacent ones. */
+  containsSpan(gpa: number, len: number): boolean {
+    if (len === 0) return this.contains(gpa, 0);
+    while (len > 0) {
+      const run = this.runAt(gpa, len);
+      if (run <= 0) return false;
+      gpa += run;
+      len -= run;
+    }
+    return true;
+  }
+
   /** True when [gpa, gpa+len) is entirely guest RAM within one region. */
   contains(gpa: number, len: number): boolean {
     return this.find(gpa, len) >= 0;

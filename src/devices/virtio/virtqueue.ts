@@ -278,6 +278,10 @@ export class Virtqueue {
       if (!this.refreshAvail() || this.lastAvailIdx === this.shadowAvailIdx) return false;
     }
     const size = this.qsize;
+    // A driver has at most `size` buffers outstanding: more popped than used
+    // means it offered a head again while the device still holds it (QEMU's
+    // "Virtqueue size exceeded").
+    if (((this.lastAvailIdx - this.usedIdx) & 0xffff) >= size) return this.fail('more buffers in flight than the queue size (a head offered again while in use)');
     const head = this.avail[2 + (this.lastAvailIdx & (size - 1))];
     if (head >= size) return this.fail('avail ring head index out of range');
     chain.clear();
@@ -315,7 +319,8 @@ export class Virtqueue {
     if (len === 0 || len % DESC_SIZE !== 0) return this.fail('indirect table length is not a non-zero multiple of 16');
     if (hi >= 0x200000) return this.fail('indirect table outside guest RAM');
     const table = hi * 0x100000000 + lo;
-    if (!this.memory.contains(table, len)) return this.fail('indirect table outside guest RAM');
+    // Its descriptors are read one by one, so the table may cross into an adjacent region.
+    if (!this.memory.containsSpan(table, len)) return this.fail('indirect table outside guest RAM');
     const n = len / DESC_SIZE;
     const mem = this.memory;
     let j = 0;
@@ -337,15 +342,30 @@ export class Virtqueue {
   private addSegment(chain: DescriptorChain, hi: number, lo: number, len: number, flags: number): boolean {
     // hi >= 2^21 puts the address beyond 2^53: never RAM, and not a safe integer.
     if (hi >= 0x200000) return this.fail('descriptor address outside guest RAM');
-    const gpa = hi * 0x100000000 + lo;
-    if (!this.memory.contains(gpa, len)) return this.fail('descriptor buffer outside guest RAM');
+    let gpa = hi * 0x100000000 + lo;
+    const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
+    // §2.7.4.2: device-readable descriptors come before device-writable ones.
+    if (!writable && chain.length !== chain.readableSegments) return this.fail('readable descriptor after a writable one');
+    if (len === 0) return this.memory.contains(gpa, 0) ? this.appendSegment(chain, gpa, 0, writable) : this.fail('descriptor buffer outside guest RAM');
+    // A buffer that runs from one RAM region into the adjacent one (a guest
+    // with more than 2 GiB) becomes one segment per region, as QEMU maps a
+    // descriptor across MemoryRegions.
+    for (let rest = len; rest > 0; ) {
+      const run = this.memory.runAt(gpa, rest);
+      if (run <= 0) return this.fail('descriptor buffer outside guest RAM');
+      if (!this.appendSegment(chain, gpa, run, writable)) return false;
+      gpa += run;
+      rest -= run;
+    }
+    return true;
+  }
+
+  private appendSegment(chain: DescriptorChain, gpa: number, len: number, writable: boolean): boolean {
     const n = chain.length;
     if (n >= chain.capacity) return this.fail('descriptor chain has too many segments');
-    if (flags & VIRTQ_DESC_F_WRITE) {
+    if (writable) {
       chain.writableBytes += len;
     } else {
-      // §2.7.4.2: device-readable descriptors come before device-writable ones.
-      if (n !== chain.readableSegments) return this.fail('readable descriptor after a writable one');
       chain.readableBytes += len;
       chain.readableSegments = n + 1;
     }
