@@ -5,9 +5,9 @@
 // on the default guest (one boot per status: few, and each checks its output).
 import test from 'ava';
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { commandEnd, shellCommand } from '../src/guest/command.js';
 import { COMMAND_EXIT } from '../src/vcpu/protocol.js';
 import { appendArchive, hostFilesArchive, parseAddOption } from '../src/guest/host-files.js';
@@ -139,7 +139,10 @@ kvmTestSerial(`a guest kernel that panics gives status ${COMMAND_EXIT.panic}; a 
 
 kvmTestSerial('npm start\'s guest: a shell on the console with the network up; ping both ways; exit powers off by ACPI with status 0', async (t) => {
   // What `npm start` runs, with this test typing instead of a person.
-  const child = spawn(process.execPath, [TSVISOR, 'run', '--net', 'sandbox'], { stdio: ['pipe', 'pipe', 'pipe'], timeout: 15 * 60_000 });
+  // --stats-json only to learn how the run ended, which a quiet power-off does not print.
+  const endJson = join(mkdtempSync(join(tmpdir(), 'tsvisor-npm-start-')), 'end.json');
+  t.teardown(() => rmSync(dirname(endJson), { recursive: true, force: true }));
+  const child = spawn(process.execPath, [TSVISOR, 'run', '--net', 'sandbox', '--stats-json', endJson], { stdio: ['pipe', 'pipe', 'pipe'], timeout: 15 * 60_000 });
   let stdout = '';
   let stderr = '';
   const seen: Array<{ re: RegExp; resolve: () => void }> = [];
@@ -170,6 +173,7 @@ kvmTestSerial('npm start\'s guest: a shell on the console with the network up; p
   t.regex(stdout, /eth0 10\.0\.2\.15\/24/, 'the login message shows eth0 configured');
   t.regex(stdout, /3 packets transmitted, 3 packets received/);
   t.regex(stderr, /host → guest ping answered/);
-  t.regex(stderr, /tsvisor: the guest powered off \(ACPI S5\)/, 'exit → init\'s poweroff -f → Linux writes S5 to PM1a_CNT');
+  const end = JSON.parse(readFileSync(endJson, 'utf8')) as { kind: string; reason: string };
+  t.deepEqual([end.kind, end.reason], ['poweroff', 'the guest powered off (ACPI S5)'], 'exit → init\'s poweroff -f → Linux writes S5 to PM1a_CNT');
   t.is(status, 0);
 }, () => (process.getuid?.() === 0 ? guestMissing() : 'needs root for --net sandbox'));

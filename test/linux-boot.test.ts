@@ -86,8 +86,8 @@ async function bootAndCheck(t: ExecutionContext, c: BootChecks): Promise<void> {
   await waitLine(/serial8250: ttyS0 at I\/O 0x3f8 \(irq = 4/);
   // PCI found through the DSDT's host bridge, INTx routed by its _PRT.
   await waitLine(/ACPI: PCI Root Bridge \[PCI0\] \(domain 0000 \[bus 00-ff\]\)/);
+  await waitLine(/pci 0000:00:04\.0: \[1af4:1000\] type 00 class 0x020000/);
   await waitLine(/PCI: Using ACPI for IRQ routing/);
-  await waitLine(/virtio-pci 0000:00:04\.0/);
   await waitLine(/IP-Config: Complete:[^]{0,80}?device=eth0, hwaddr=52:54:00:12:34:56, ipaddr=10\.0\.2\.15/);
   await waitLine(new RegExp(GUEST_READY_MARKER));
 
