@@ -20,6 +20,9 @@ if (npmCli) {
   const candidate = join(dirname(dirname(npmCli)), 'node_modules/node-gyp/bin/node-gyp.js');
   if (existsSync(candidate)) gyp = candidate;
 }
+// Run directly (not by npm): the npm that ships with this Node.
+const bundled = join(prefix, 'lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js');
+if (!gyp && existsSync(bundled)) gyp = bundled;
 if (!gyp) {
   try {
     gyp = createRequire(import.meta.url).resolve('node-gyp/bin/node-gyp.js');

@@ -1,10 +1,25 @@
 #include "fd-watch.h"
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
 #include <uv.h>
 
 namespace {
 
-// One uv_poll_t per fd. The JS callback receives (readable, writable, error).
+// One uv_poll_t per watch. The JS callback receives (readable, writable, error).
 // The handle memory is freed in the uv close callback, after libuv is done with it.
+//
+// The uv_poll_t polls a duplicate of the caller's fd that this watch owns, not
+// the caller's fd number. libuv's uv_poll_stop, uv_poll_start and uv_close all
+// issue EPOLL_CTL_DEL for the handle's fd *number* (uv__poll_stop ->
+// uv__platform_invalidate_fd), whether or not the handle is active. Had the
+// handle held the caller's number, then a watch that was stopped (libuv says
+// the fd may then be closed), whose fd the owner closed, and that was stopped,
+// re-armed, closed or garbage-collected later, deleted the epoll registration
+// of whatever fd had been given that number since -- another watch's, which
+// then never fired again. A number the watch owns cannot be reused until the
+// watch closes it, right after uv_close (the DEL is done by then).
 class FdWatch : public Napi::ObjectWrap<FdWatch> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -22,8 +37,13 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
       Napi::TypeError::New(env, "FdWatch(fd, callback)").ThrowAsJavaScriptException();
       return;
     }
-    fd_ = info[0].As<Napi::Number>().Int32Value();
+    int fd = info[0].As<Napi::Number>().Int32Value();
     callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (fd_ < 0) {
+      Napi::Error::New(env, std::string("FdWatch: dup of fd ") + std::to_string(fd) + ": " + std::strerror(errno)).ThrowAsJavaScriptException();
+      return;
+    }
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env, &loop);
     poll_ = new uv_poll_t;
@@ -31,6 +51,8 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
     if (rc != 0) {
       delete poll_;
       poll_ = nullptr;
+      ::close(fd_);
+      fd_ = -1;
       Napi::Error::New(env, std::string("uv_poll_init: ") + uv_strerror(rc)).ThrowAsJavaScriptException();
       return;
     }
@@ -76,11 +98,17 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
     return info.Env().Undefined();
   }
 
+  // Also run by the destructor, for completeness: in practice a watch is only
+  // released by close(), since its callback (a persistent handle) reaches it.
   void CloseHandle() {
     if (poll_ == nullptr) return;
     poll_->data = nullptr;
+    // uv_close stops the poll (EPOLL_CTL_DEL on fd_) before it returns, so
+    // fd_ may be closed at once (libuv's uv_poll documentation says as much).
     uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     poll_ = nullptr;
+    ::close(fd_);
+    fd_ = -1;
   }
 
   static void OnEvent(uv_poll_t* handle, int status, int events) {
@@ -97,7 +125,7 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
     self->callback_.MakeCallback(env.Global(), {argv[0], argv[1], argv[2]});
   }
 
-  int fd_ = -1;
+  int fd_ = -1;  // the watch's own duplicate of the caller's fd
   uv_poll_t* poll_ = nullptr;
   bool refHeld_ = false;
   Napi::FunctionReference callback_;
