@@ -263,3 +263,34 @@ test('watchFd and newDoorbell refuse a closed loop', (t) => {
   t.throws(() => loop.watchFd(0, {}), { message: /closed/ });
   t.throws(() => loop.newDoorbell('x', loop.newBh('x', () => {})), { message: /closed/ });
 });
+
+test('isIdle: false while a BH is pending, a doorbell is rung or a watched fd is ready; true once all ran', async (t) => {
+  const loop = new MainLoop();
+  t.teardown(() => loop.close());
+  t.true(loop.isIdle(), 'a new loop');
+  let runs = 0;
+  const bh = loop.newBh('x', () => runs++);
+  bh.schedule();
+  t.false(loop.isIdle(), 'a scheduled BH');
+  await until(() => loop.isIdle());
+  t.is(runs, 1);
+  const bell = loop.newDoorbell('y', bh);
+  bell.ring();
+  t.false(loop.isIdle(), 'a rung doorbell (its eventfd is readable)');
+  await until(() => loop.isIdle());
+  t.is(runs, 2, 'idle only after the doorbell\'s BH ran');
+  const fd = makeEventfd();
+  t.teardown(() => libc.close(fd));
+  let reads = 0;
+  const h = loop.watchFd(fd, { onReadable: () => { reads++; readU64(fd); } }, { readable: false });
+  writeU64(fd, 1n);
+  t.true(loop.isIdle(), 'a ready fd that is not watched for readability');
+  h.setReadable(true);
+  t.false(loop.isIdle(), 'a ready fd watched for readability');
+  await until(() => loop.isIdle());
+  t.is(reads, 1);
+  h.setWritable(true); // an eventfd is always writable
+  t.false(loop.isIdle(), 'a writable fd watched for writability');
+  h.close();
+  t.true(loop.isIdle());
+});

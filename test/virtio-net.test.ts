@@ -19,7 +19,7 @@ import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '..
 import { FeatureSet, NO_FEATURES } from '../src/devices/virtio/feature-set.js';
 import { TsvisorError } from '../src/errors.js';
 import { netRig, type NetRig, type NetRigOptions } from './helpers/net-rig.js';
-import { SocketBackend, ethFrame, settle, until, withHeader } from './helpers/net-fakes.js';
+import { SocketBackend, ethFrame, settled, until, withHeader } from './helpers/net-fakes.js';
 
 const MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const PEER = [0x02, 0, 0, 0, 0, 0x99];
@@ -137,11 +137,11 @@ test('options: every refusal names an option that exists (--tx-burst, or the net
 
 // ------------------------------------------------------------ device rig
 //
-// The rig tests run serially: with ~25 rigs (each a main loop with five fd
-// watches) running concurrently in one process, a backend fd's epoll
-// registration was seen to vanish (libuv 1.46 uv_poll; its readable callback
-// never came although the socket held a frame). Root cause not found yet;
-// one rig at a time is also what production has.
+// The rig tests run concurrently, ~25 rigs in one process, each a main loop
+// with its own fd watches. They once had to run serially: a backend fd's epoll
+// registration vanished, because a closed rig's stopped watch issued
+// EPOLL_CTL_DEL for an fd number that another rig's socket had been given
+// since. The addon's watch now polls a duplicate it owns (test/fd-watch-reuse).
 
 type Rig = NetRig<SocketBackend>;
 
@@ -166,7 +166,7 @@ function addRx(r: Rig, n: number, len: number, base = DATA + 0x200000): number[]
 
 // --------------------------------------------------------------------- TX
 
-test.serial('activation applies the header size and offloads to the backend', (t) => {
+test('activation applies the header size and offloads to the backend', (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4] });
   t.true(r.net.isActive);
   t.is(r.net.headerLength, 12);
@@ -177,7 +177,7 @@ test.serial('activation applies the header size and offloads to the backend', (t
   t.is(legacy.backend.offload, 0);
 });
 
-test.serial('TX: a kick flushes every chain, one writev each, header included; one interrupt', async (t) => {
+test('TX: a kick flushes every chain, one writev each, header included; one interrupt', async (t) => {
   const r = rig(t);
   const sent: Uint8Array[] = [];
   for (let i = 0; i < 5; i++) {
@@ -204,9 +204,9 @@ test.serial('TX: a kick flushes every chain, one writev each, header included; o
   t.is(s.txBhRuns, 1);
 });
 
-test.serial('TX: kicks while tx_waiting is set coalesce into one BH run', async (t) => {
+test('TX: kicks while tx_waiting is set coalesce into one BH run', async (t) => {
   const r = rig(t);
-  await settle(); // the BH runs scheduled by activation
+  await settled(r.loop); // the BH runs scheduled by activation
   const runs = r.net.stats.txBhRuns;
   addTx(r, DATA, ethFrame(PEER, MAC, 0x0800, 100));
   r.tx.kick();
@@ -214,20 +214,20 @@ test.serial('TX: kicks while tx_waiting is set coalesce into one BH run', async 
   r.vcpu.onQueueNotify(1);
   r.vcpu.onQueueNotify(1);
   await until(() => r.tx.usedIdx() === 1);
-  await settle();
+  await settled(r.loop);
   const s = r.net.stats;
   t.is(s.txKicks, 3);
   t.is(s.txKicksCoalesced, 2);
   t.is(s.txBhRuns - runs, 1);
 });
 
-test.serial('TX: tx_burst bounds one BH run; the BH reschedules itself without a kick', async (t) => {
+test('TX: tx_burst bounds one BH run; the BH reschedules itself without a kick', async (t) => {
   const r = rig(t, { net: { txBurst: 4 } });
   for (let i = 0; i < 10; i++) addTx(r, DATA + i * 0x1000, ethFrame(PEER, MAC, 0x0800, 64, i));
   r.tx.kick();
   r.vcpu.onQueueNotify(1);
   await until(() => r.tx.usedIdx() === 10);
-  await settle();
+  await settled(r.loop);
   const s = r.net.stats;
   t.is(s.txPackets, 10);
   t.is(s.txKicks, 1);
@@ -237,7 +237,7 @@ test.serial('TX: tx_burst bounds one BH run; the BH reschedules itself without a
   t.is(r.backend.receiveAll().length, 10);
 });
 
-test.serial('TX: buffers added between the last pop and re-enabling kicks are not stranded', async (t) => {
+test('TX: buffers added between the last pop and re-enabling kicks are not stranded', async (t) => {
   const r = rig(t);
   addTx(r, DATA, ethFrame(PEER, MAC, 0x0800, 64, 1));
   r.tx.kick();
@@ -264,7 +264,7 @@ test.serial('TX: buffers added between the last pop and re-enabling kicks are no
   t.is(r.backend.receiveAll().length, 2);
 });
 
-test.serial('TX: EAGAIN parks the chain, writable resumes it, order is kept', async (t) => {
+test('TX: EAGAIN parks the chain, writable resumes it, order is kept', async (t) => {
   const r = rig(t, { sndbuf: 4096 });
   const N = 40;
   for (let i = 0; i < N; i++) addTx(r, DATA + i * 0x1000, ethFrame(PEER, MAC, 0x0800, 1000, i));
@@ -295,7 +295,7 @@ async function parkTx(t: ExecutionContext, N: number): Promise<Rig> {
   r.tx.kick();
   r.vcpu.onQueueNotify(1);
   await until(() => r.net.stats.txParked > 0, 2000, 'a parked packet');
-  await settle(50);
+  await settled(r.loop);
   t.true(r.net['events'].watchingWritable, 'parked, waiting for POLLOUT');
   return r;
 }
@@ -316,19 +316,19 @@ async function drainAll(r: Rig, N: number): Promise<Uint8Array[]> {
     got.push(...r.backend.receiveAll());
     return r.tx.usedIdx() === N;
   }, 5000, 'every chain back on the used ring');
-  await settle();
+  await settled(r.loop);
   got.push(...r.backend.receiveAll());
   return got;
 }
 
-test.serial('TX: a poll error while a chain is parked and the backend is still full drops that chain, returns it, and TX goes on', async (t) => {
+test('TX: a poll error while a chain is parked and the backend is still full drops that chain, returns it, and TX goes on', async (t) => {
   const N = 40;
   const r = await parkTx(t, N);
   const partial = r.tx.usedIdx();
   pollError(r);
   t.is(r.net.stats.backendErrors, 1);
   // Nothing drained yet: the retry meets EAGAIN again.
-  await settle(50);
+  await settled(r.loop);
   const s = r.net.stats;
   t.is(s.drops.txPollError, 1, 'the parked chain was dropped and counted');
   t.is(r.tx.usedIdx(), partial + 1, 'and the guest has it back');
@@ -342,7 +342,7 @@ test.serial('TX: a poll error while a chain is parked and the backend is still f
   t.is(s.txKicks, 1);
 });
 
-test.serial('TX: a poll error while a chain is parked and the backend has room sends the chain', async (t) => {
+test('TX: a poll error while a chain is parked and the backend has room sends the chain', async (t) => {
   const N = 40;
   const r = await parkTx(t, N);
   const got = r.backend.receiveAll(); // room again, but the POLLOUT is lost to the error
@@ -355,7 +355,7 @@ test.serial('TX: a poll error while a chain is parked and the backend has room s
   t.true(s.txResumed >= 1);
 });
 
-test.serial('TX: zero-length frames are dropped and returned; short headers and writable buffers break the device', async (t) => {
+test('TX: zero-length frames are dropped and returned; short headers and writable buffers break the device', async (t) => {
   const r = rig(t);
   r.mem.write(DATA, new Uint8Array(12));
   r.tx.addChain([{ gpa: DATA, len: 12 }]);
@@ -381,7 +381,7 @@ test.serial('TX: zero-length frames are dropped and returned; short headers and 
   t.regex(r2.net.stats.deviceErrors[0], /device-writable/);
 });
 
-test.serial('TX: with the link down packets are returned and counted', async (t) => {
+test('TX: with the link down packets are returned and counted', async (t) => {
   const r = rig(t);
   r.net.setLinkUp(false);
   t.is(r.irq.config, 1, 'config interrupt for the link change');
@@ -396,14 +396,14 @@ test.serial('TX: with the link down packets are returned and counted', async (t)
 
 // ------------------------------------------------------------ interrupts
 
-test.serial('EVENT_IDX: one interrupt per flush, and only when used_event asks for it', async (t) => {
+test('EVENT_IDX: one interrupt per flush, and only when used_event asks for it', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX] });
   const burst = async (n: number, base: number) => {
     for (let i = 0; i < n; i++) addTx(r, DATA + (base + i) * 0x1000, ethFrame(PEER, MAC, 0x0800, 64, i));
     t.true(r.tx.kick(), 'the device asked for a kick (avail_event caught up)');
     r.vcpu.onQueueNotify(1);
     await until(() => r.tx.usedIdx() === base + n);
-    await settle(5);
+    await settled(r.loop);
   };
   r.tx.setUsedEvent(0);
   await burst(5, 0);
@@ -416,7 +416,7 @@ test.serial('EVENT_IDX: one interrupt per flush, and only when used_event asks f
   t.is(r.net.stats.txPackets, 15);
 });
 
-test.serial('VRING_AVAIL_F_NO_INTERRUPT suppresses interrupts without EVENT_IDX', async (t) => {
+test('VRING_AVAIL_F_NO_INTERRUPT suppresses interrupts without EVENT_IDX', async (t) => {
   const r = rig(t);
   r.tx.setAvailFlags(VRING_AVAIL_F_NO_INTERRUPT);
   for (let i = 0; i < 3; i++) addTx(r, DATA + i * 0x1000, ethFrame(PEER, MAC, 0x0800, 64, i));
@@ -428,12 +428,12 @@ test.serial('VRING_AVAIL_F_NO_INTERRUPT suppresses interrupts without EVENT_IDX'
 
 // --------------------------------------------------------------------- RX
 
-test.serial('RX without MRG_RXBUF: one chain per frame, num_buffers 1, one interrupt per batch', async (t) => {
+test('RX without MRG_RXBUF: one chain per frame, num_buffers 1, one interrupt per batch', async (t) => {
   const r = rig(t);
   const heads = addRx(r, 4, 1530);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   const frames = [ethFrame(MAC, PEER, 0x0800, 100, 1), ethFrame(MAC, PEER, 0x0800, 1500, 2), ethFrame(BCAST, PEER, 0x0806, 28, 3)];
   for (const f of frames) t.is(r.backend.send(withHeader(f, 12)), f.length + 12);
   await until(() => r.rx.usedIdx() === 3, 2000, '3 frames');
@@ -449,12 +449,12 @@ test.serial('RX without MRG_RXBUF: one chain per frame, num_buffers 1, one inter
   t.is(r.net.stats.rxPackets, 3);
 });
 
-test.serial('RX with MRG_RXBUF: a frame larger than one buffer spans several; num_buffers counts them; spare chains are unpopped', async (t) => {
+test('RX with MRG_RXBUF: a frame larger than one buffer spans several; num_buffers counts them; spare chains are unpopped', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF] });
   const heads = addRx(r, 8, 512);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   const big = ethFrame(MAC, PEER, 0x0800, 1200 - 14, 7); // 1200 bytes + 12 header = 1212: 512 + 512 + 188
   const small = ethFrame(MAC, PEER, 0x0800, 50, 9);
   r.backend.send(withHeader(big, 12));
@@ -475,13 +475,13 @@ test.serial('RX with MRG_RXBUF: a frame larger than one buffer spans several; nu
   t.is(r.irq.queue[0], 1);
 });
 
-test.serial('RX: no buffers → reading stops (nothing dropped); the RX kick resumes it', async (t) => {
+test('RX: no buffers → reading stops (nothing dropped); the RX kick resumes it', async (t) => {
   const r = rig(t);
-  await settle();
+  await settled(r.loop);
   const f = ethFrame(MAC, PEER, 0x0800, 200, 4);
   r.backend.send(withHeader(f, 12));
   await until(() => r.net.stats.rxStalls === 1, 2000, 'a stall');
-  await settle();
+  await settled(r.loop);
   t.is(r.net.stats.rxPackets, 0);
   t.is(r.net.stats.drops.rxTruncated + r.net.stats.drops.rxTooBig, 0);
   t.is(r.rx.usedFlags() & VRING_USED_F_NO_NOTIFY, 0, 'kicks enabled while waiting for buffers');
@@ -493,12 +493,12 @@ test.serial('RX: no buffers → reading stops (nothing dropped); the RX kick res
   t.is(r.net.stats.rxResumes, 1);
 });
 
-test.serial('RX with MRG_RXBUF: a frame that does not fit the buffers left is held, not dropped', async (t) => {
+test('RX with MRG_RXBUF: a frame that does not fit the buffers left is held, not dropped', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF] });
   addRx(r, 1, 512);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   const stalls = r.net.stats.rxStalls;
   const big = ethFrame(MAC, PEER, 0x0800, 1000, 5);
   r.backend.send(withHeader(big, 12));
@@ -514,12 +514,12 @@ test.serial('RX with MRG_RXBUF: a frame that does not fit the buffers left is he
   t.is(r.net.stats.rxPackets, 1);
 });
 
-test.serial('RX without MRG_RXBUF: a frame larger than the buffer is dropped (QEMU), counted', async (t) => {
+test('RX without MRG_RXBUF: a frame larger than the buffer is dropped (QEMU), counted', async (t) => {
   const r = rig(t);
   addRx(r, 2, 256);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 400), 12));
   r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 100), 12));
   await until(() => r.rx.usedIdx() === 1, 2000, 'the small frame');
@@ -527,12 +527,12 @@ test.serial('RX without MRG_RXBUF: a frame larger than the buffer is dropped (QE
   t.is(r.rx.takeUsed()[0].len, 114 + 12);
 });
 
-test.serial('RX: the burst bound splits a long backlog over several callbacks', async (t) => {
+test('RX: the burst bound splits a long backlog over several callbacks', async (t) => {
   const r = rig(t, { net: { rxBurst: 2 } });
   addRx(r, 6, 1530);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   for (let i = 0; i < 6; i++) r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 60, i), 12));
   await until(() => r.rx.usedIdx() === 6);
   t.is(r.net.stats.rxBatches, 3, '2 + 2 + 2');
@@ -548,7 +548,7 @@ function ctrlCmd(r: Rig, at: number, cls: number, cmd: number, data: number[]): 
   return at + 0x800;
 }
 
-test.serial('control queue: RX mode, MAC address and table, announce ack, unknown → ERR', async (t) => {
+test('control queue: RX mode, MAC address and table, announce ack, unknown → ERR', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_GUEST_ANNOUNCE] });
   t.true(r.net.announce());
   t.is(r.net.config.status & VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_ANNOUNCE);
@@ -575,7 +575,7 @@ test.serial('control queue: RX mode, MAC address and table, announce ack, unknow
   t.is(r.net.stats.ctrlErrors, 3);
 });
 
-test.serial('RX filter: with promisc off only own, listed and broadcast frames get through', async (t) => {
+test('RX filter: with promisc off only own, listed and broadcast frames get through', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX] });
   ctrlCmd(r, DATA, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, [0]);
   r.ctrl.kick();
@@ -584,7 +584,7 @@ test.serial('RX filter: with promisc off only own, listed and broadcast frames g
   addRx(r, 4, 1530);
   r.rx.kick();
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   r.backend.send(withHeader(ethFrame([2, 0, 0, 0, 0, 1], PEER, 0x0800, 60), 12));
   r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 60), 12));
   r.backend.send(withHeader(ethFrame(BCAST, PEER, 0x0806, 28), 12));
@@ -597,12 +597,12 @@ test.serial('RX filter: with promisc off only own, listed and broadcast frames g
 
 // -------------------------------------------------------------- lifecycle
 
-test.serial('reset drops the queues; DRIVER_OK activates them again; kicks before DRIVER_OK are not lost', async (t) => {
+test('reset drops the queues; DRIVER_OK activates them again; kicks before DRIVER_OK are not lost', async (t) => {
   const r = rig(t, { activate: false });
   addTx(r, DATA, ethFrame(PEER, MAC, 0x0800, 64));
   r.tx.kick();
   r.vcpu.onQueueNotify(1);
-  await settle();
+  await settled(r.loop);
   t.is(r.tx.usedIdx(), 0, 'nothing before DRIVER_OK');
   const old = r.ts.status;
   r.ts.status = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK;
@@ -620,7 +620,7 @@ test.serial('reset drops the queues; DRIVER_OK activates them again; kicks befor
   t.false(r.net.txq.ready);
 });
 
-test.serial('control queue with EVENT_IDX: the device re-arms avail_event, so the second command is kicked too', async (t) => {
+test('control queue with EVENT_IDX: the device re-arms avail_event, so the second command is kicked too', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX] });
   for (let k = 0; k < 3; k++) {
     const ack = ctrlCmd(r, DATA + k * 0x1000, VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, [k & 1]);
@@ -631,12 +631,12 @@ test.serial('control queue with EVENT_IDX: the device re-arms avail_event, so th
   }
 });
 
-test.serial('RX with EVENT_IDX: after a stall the next refill by the guest kicks the device', async (t) => {
+test('RX with EVENT_IDX: after a stall the next refill by the guest kicks the device', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_NET_F_MRG_RXBUF] });
   addRx(r, 1, 1530);
   t.true(r.rx.kick());
   r.vcpu.onQueueNotify(0);
-  await settle();
+  await settled(r.loop);
   r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 100, 1), 12));
   r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 100, 2), 12));
   await until(() => r.rx.usedIdx() === 1 && r.net.stats.rxStalls >= 1, 2000, 'first frame, then a stall');

@@ -14,7 +14,7 @@
 // Only one immediate is queued at a time, whatever the number of BHs pending.
 import { BottomHalf, BottomHalfList, DoorbellRinger, type BhCallback } from './bottom-half.js';
 import { FdWatch } from './addon.js';
-import { eventfd, read as libcRead, close as libcClose, errno, EFD_CLOEXEC, EFD_NONBLOCK, NativeBuffer, SyscallError } from '../sys/libc.js';
+import { eventfd, poll, read as libcRead, close as libcClose, errno, EFD_CLOEXEC, EFD_NONBLOCK, NativeBuffer, POLLIN, POLLOUT, SyscallError } from '../sys/libc.js';
 
 export { BottomHalf, DoorbellRinger } from './bottom-half.js';
 
@@ -171,6 +171,7 @@ export class MainLoop {
   private readonly handlers = new Set<FdHandler>();
   private readonly doorbells = new Set<Doorbell>();
   private scratch: NativeBuffer | null = null;
+  private pollfds: NativeBuffer | null = null;
 
   constructor() {
     this.bhs = new BottomHalfList(this.wake);
@@ -222,6 +223,33 @@ export class MainLoop {
     this.bhs.close();
     for (const d of [...this.doorbells]) d.close();
     for (const h of [...this.handlers]) h.close();
+    this.scratch?.release();
+    this.pollfds?.release();
+  }
+
+  /**
+   * True when the loop has nothing to do right now: no bottom half pending and
+   * no watched fd ready for an event it is watched for (doorbells included).
+   * For tests and tools that must wait for a device to finish what was asked
+   * of it, instead of sleeping; a poll(2) with zero timeout, not for hot paths.
+   */
+  isIdle(): boolean {
+    if (this.isClosed) return true;
+    if (this.immediate !== null || this.bhs.hasPending) return false;
+    const armed = [...this.handlers].filter((h) => h.isReadable || h.isWritable);
+    if (armed.length === 0) return true;
+    if (this.pollfds === null || this.pollfds.size < 8 * armed.length) {
+      this.pollfds?.release();
+      this.pollfds = new NativeBuffer(Math.max(4096, 8 * armed.length));
+    }
+    const fds = this.pollfds; // struct pollfd { int fd; short events, revents; }
+    armed.forEach((h, i) => {
+      fds.dv.setInt32(8 * i, h.fd, true);
+      fds.dv.setInt16(8 * i + 4, (h.isReadable ? POLLIN : 0) | (h.isWritable ? POLLOUT : 0), true);
+    });
+    const n = poll(fds.address, armed.length, 0);
+    if (n < 0) throw new SyscallError('poll', errno());
+    return n === 0;
   }
 
   /** @internal */

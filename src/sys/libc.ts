@@ -16,6 +16,7 @@ export const writev = lib.func('intptr_t writev(int fd, uintptr_t iov, int iovcn
 export const socket = lib.func('int socket(int domain, int type, int protocol)') as (domain: number, type: number, protocol: number) => number;
 export const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (initval: number, flags: number) => number;
 export const fcntl = lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
+export const poll = lib.func('int poll(uintptr_t fds, unsigned long nfds, int timeout)') as (fds: bigint, nfds: number, timeout: number) => number;
 // koffi returns 64-bit integers as a Number when they fit in 53 bits, else a BigInt.
 const mmapRaw = lib.func('uintptr_t mmap(uintptr_t addr, size_t length, int prot, int flags, int fd, intptr_t offset)') as (addr: bigint, len: number, prot: number, flags: number, fd: number, off: number) => bigint | number;
 export const munmap = lib.func('int munmap(uintptr_t addr, size_t length)') as (addr: bigint, len: number) => number;
@@ -26,6 +27,8 @@ export const O_RDONLY = 0;
 export const O_RDWR = 2;
 export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
+export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
 export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const PROT_READ = 1;
@@ -108,4 +111,16 @@ export class NativeBuffer {
   clear(): void {
     this.bytes.fill(0);
   }
+
+  /**
+   * Unmaps the buffer. Only its owner calls this, once nothing uses it: any
+   * access through `bytes` or `dv` afterwards faults (it is not GC memory).
+   */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    munmap(this.address, (this.size + 4095) & ~4095);
+  }
+
+  private released = false;
 }

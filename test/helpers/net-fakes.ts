@@ -8,6 +8,7 @@ import { GuestMemory } from '../../src/memory/guest-memory.js';
 import * as libc from '../../src/sys/libc.js';
 import type { NetBackend } from '../../src/net/tap.js';
 import type { NetInterrupts } from '../../src/devices/net/virtio-net.js';
+import type { MainLoop } from '../../src/loop/main-loop.js';
 
 const lib = koffi.load('libc.so.6');
 const socketpairRaw = lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)') as (d: number, t: number, p: number, sv: number[]) => number;
@@ -132,9 +133,13 @@ export async function until(cond: () => boolean, timeoutMs = 2000, what = 'condi
   }
 }
 
-/** Lets the loop run a few iterations (I/O callbacks, then BHs). */
-export async function settle(ms = 20): Promise<void> {
-  await new Promise((r) => setTimeout(r, ms));
+/**
+ * Resolves once the main loop has nothing left to do: no bottom half pending,
+ * no watched fd ready (MainLoop.isIdle). Everything asked of the device before
+ * the call has then been done; the loop runs between checks.
+ */
+export async function settled(loop: MainLoop, timeoutMs = 5000): Promise<void> {
+  await until(() => loop.isIdle(), timeoutMs, 'the main loop to go idle');
 }
 
 /** An Ethernet frame: dst, src, ethertype, payload of `len` bytes with a counting pattern. */
