@@ -3,7 +3,7 @@
 // for usage, 1 for runtime failures); a guest's own end gives its status.
 import { parseArgs } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { TsvisorError, usageError } from './errors.js';
+import { describeBug, TsvisorError, usageError } from './errors.js';
 import { DEVICE_NAMES, Vm, type BootOptions, type DeviceName, type VmExit } from './vm.js';
 import { defaultGuestPaths } from './guest/default-guest.js';
 import { formatStats, formatNetStats, topSymbols } from './stats.js';
@@ -15,7 +15,7 @@ import { buildDefaultGuest } from './guest/build.js';
 import { parseAddOption, type HostFile } from './guest/host-files.js';
 import { parseFwCfgOption } from './devices/fw-cfg.js';
 import { shellCommand } from './guest/command.js';
-import { COMMAND_EXIT } from './vcpu/protocol.js';
+import { COMMAND_EXIT, EXIT_VMM_BUG } from './vcpu/protocol.js';
 import { ensureHostTool } from './util/host-tools.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -96,8 +96,9 @@ Options:
 
 Exit status: 0 guest reset or power-off; (v<<1)|1 for a debug-exit write of v;
 2 usage error; 1 runtime error; 3 triple fault; 4 unsupported instruction;
-5 KVM internal error; 124 timeout; 130 SIGINT, 143 SIGTERM (the guest is
-stopped, the terminal restored, a TAP or sandbox tsvisor made deleted).
+5 KVM internal error; 70 a bug in tsvisor (the guest is stopped, one line names
+the error); 124 timeout; 130 SIGINT, 143 SIGTERM (the guest is stopped, the
+terminal restored, a TAP or sandbox tsvisor made deleted).
 With -- COMMAND: COMMAND's own status, or ${COMMAND_EXIT.panic} the guest kernel panicked;
 ${COMMAND_EXIT.noInit} the guest never reached init; ${COMMAND_EXIT.timeout} --timeout passed; ${COMMAND_EXIT.failure} tsvisor or KVM
 could not go on (no KVM, triple fault, unsupported instruction, internal error); ${COMMAND_EXIT.noStatus} the
@@ -168,8 +169,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`tsvisor: ${e.line}\n`);
       return e.exitCode === 1 ? runtimeFailure : e.exitCode;
     }
-    process.stderr.write(`tsvisor: internal error: ${(e as Error).stack ?? e}\n`);
-    return runtimeFailure;
+    process.stderr.write(`tsvisor: internal error: ${describeBug(e)} (a bug in tsvisor)\n`);
+    return runtimeFailure === 1 ? EXIT_VMM_BUG : runtimeFailure;
   }
 }
 
@@ -267,6 +268,14 @@ async function run(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // The last resort: an exception nothing caught (a bug in tsvisor) stops the
+  // guest as a signal does, so the terminal is restored and the sandbox deleted.
+  const onBug = (e: unknown) => {
+    signals.bug ??= e;
+    signals.vm?.stopOnBug(e, 'the main thread');
+  };
+  process.on('uncaughtException', onBug);
+  process.on('unhandledRejection', onBug);
   let sandbox: Sandbox | undefined;
   try {
     if (netSpec) {
@@ -277,11 +286,14 @@ async function run(argv: string[]): Promise<number> {
     const vm = await Vm.boot(opts);
     signals.vm = vm;
     if (signals.signal) void vm.stop();
+    if (signals.bug !== undefined) vm.stopOnBug(signals.bug, 'the main thread');
     return await supervise(vm, values, profileMs, systemMap, sandbox, command !== undefined, signals);
   } finally {
     sandbox?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('uncaughtException', onBug);
+    process.off('unhandledRejection', onBug);
   }
 }
 
@@ -289,6 +301,8 @@ async function run(argv: string[]): Promise<number> {
 interface SignalState {
   vm: Vm | undefined;
   signal: NodeJS.Signals | undefined;
+  /** The first exception nothing caught, if one came before the guest existed. */
+  bug?: unknown;
 }
 
 async function supervise(vm: Vm, values: { verbose?: boolean; stats?: boolean; 'stats-json'?: string }, profileMs: number | undefined, systemMap: string | undefined, sandbox: Sandbox | undefined, commandMode: boolean, signals: SignalState): Promise<number> {

@@ -22,3 +22,16 @@ export class TsvisorError extends Error {
 export function usageError(message: string, hint?: string): TsvisorError {
   return new TsvisorError(message, 2, hint);
 }
+
+/**
+ * One line for an exception that is a bug in tsvisor: its message and the
+ * innermost frame in tsvisor's own code, so a report can name where it was.
+ */
+export function describeBug(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  const frames = (e.stack ?? '').split('\n').slice(1).map((l) => l.trim());
+  const own = frames.find((f) => /\/(src|dist)\//.test(f) && !f.includes('node_modules')) ?? frames[0];
+  const where = own ? /\(?([^()\s]+:\d+):\d+\)?$/.exec(own)?.[1] : undefined;
+  const message = `${e.name}: ${e.message}`.replace(/\s*\n\s*/g, ' ');
+  return where ? `${message} (at ${where.replace(/^.*\/(src|dist)\//, '$1/')})` : message;
+}

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import * as libc from './sys/libc.js';
 import { native } from './native.js';
 import { vmmCpuMs } from './util/thread-cpu.js';
-import { TsvisorError, usageError } from './errors.js';
+import { describeBug, TsvisorError, usageError } from './errors.js';
 import { appendArchive, hostFilesArchive, type HostFile } from './guest/host-files.js';
 import { commandEnd } from './guest/command.js';
 import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
@@ -173,6 +173,8 @@ export class Vm {
   ) {
     this.info = info;
     this.control = new Int32Array(workerData.control);
+    // A bottom half or fd callback that throws is a bug in tsvisor: stop the guest, report it, release everything.
+    loop.onFault = (e, where) => this.stopOnBug(e, where);
     this.runPage = vcpu.run;
     this.runPageSize = workerData.mmapSize;
     this.console = new GuestConsole((bytes) => {
@@ -229,7 +231,7 @@ export class Vm {
         if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: `${this.pendingMessage}${/ \(the vCPU was .*\)$/.exec(m.message)?.[0] ?? ''}` };
         done(m);
       });
-      this.worker.on('error', (e) => done({ type: 'exit', kind: 'error', message: `vCPU thread crashed: ${e.stack ?? e}`, stats: emptyStats() }));
+      this.worker.on('error', (e) => done({ type: 'exit', kind: 'vmm-bug', message: `internal error in the vCPU thread: ${describeBug(e)} (a bug in tsvisor)`, stats: emptyStats() }));
       this.worker.on('exit', () => done({ type: 'exit', kind: 'error', message: 'vCPU thread ended without reporting', stats: emptyStats() }));
     });
     if (opts.timeoutMs) {
@@ -445,6 +447,14 @@ export class Vm {
       if (Atomics.load(this.control, CONTROL_RUNNING) !== 0 || Atomics.load(this.control, CONTROL_TID) === 0) this.timers.push(setTimeout(tryKick, 20));
     };
     tryKick();
+  }
+
+  /**
+   * Stops the guest because tsvisor's own code threw (`where` it ran): the run
+   * ends with kind 'vmm-bug', status 70, and one line naming the error.
+   */
+  stopOnBug(error: unknown, where: string): void {
+    this.requestStop('vmm-bug', `internal error in ${where}: ${describeBug(error)} (a bug in tsvisor; the guest was stopped)`);
   }
 
   /** Stops the guest and releases everything; resolves with the exit. */

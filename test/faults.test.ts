@@ -79,14 +79,14 @@ interface Running {
  * Starts `tsvisor run ARGS` (inside namespace `ns` when given: `ip netns exec`
  * execs node itself, so the pid is tsvisor's). Killed in teardown if still running.
  */
-function startTsvisor(t: ExecutionContext, args: string[], ns?: NetNamespace, opts: { stdin?: 'ignore' | 'pipe' } = {}): Running {
+function startTsvisor(t: ExecutionContext, args: string[], ns?: NetNamespace, opts: { stdin?: 'ignore' | 'pipe'; env?: NodeJS.ProcessEnv } = {}): Running {
   const dir = mkdtempSync(join(tmpdir(), 'tsvisor-faults-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const statsJson = join(dir, 'stats.json');
   const argv = [TSVISOR, 'run', ...args, '--stats-json', statsJson];
   const child = ns
-    ? spawn('ip', ['netns', 'exec', ns.name, process.execPath, ...argv], { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'] })
-    : spawn(process.execPath, argv, { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'] });
+    ? spawn('ip', ['netns', 'exec', ns.name, process.execPath, ...argv], { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'], env: opts.env })
+    : spawn(process.execPath, argv, { stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'], env: opts.env });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -265,6 +265,32 @@ for (const [signal, status] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
     t.false(netnsList().includes(ns!), 'the namespace (and its TAP) is gone');
   }, needs('rx-sink'));
 }
+
+kvmTestSerial('a bug in tsvisor (an exception nothing catches) ends the run cleanly: status 70, one line naming it, the sandbox namespace deleted', async (t) => {
+  // The bug is injected from outside: a module loaded before tsvisor throws
+  // from a signal listener, so the exception reaches no caller but Node's.
+  const dir = mkdtempSync(join(tmpdir(), 'tsvisor-bug-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const inject = join(dir, 'inject.mjs');
+  writeFileSync(inject, "process.on('SIGUSR2', () => { throw new RangeError('injected bug'); });\n");
+  const env = { ...process.env, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${inject}` };
+  const r = startTsvisor(t, ['--kernel', firmwareImage('rx-sink'), '--append', 'ready=1 start=60000 idle=60000', '--net', 'sandbox', '--mem', '64', '--timeout', '120'], undefined, { env });
+  await r.waitFor(/rx-sink: ready/);
+  const ns = /namespace (\S+),/.exec(r.stderr())?.[1];
+  t.truthy(ns, r.stderr());
+  t.teardown(() => {
+    if (ns && netnsList().includes(ns)) spawnSync('ip', ['netns', 'del', ns]);
+  });
+  r.child.kill('SIGUSR2');
+  const e = await exitWithin(r, 30_000);
+  t.false(e.hung, 'tsvisor ended after the exception');
+  t.is(e.code, 70, 'EX_SOFTWARE');
+  const lines = messageLines(r.stderr());
+  t.is(lines.length, 1, r.stderr());
+  t.regex(lines[0], /^tsvisor: internal error in the main thread: RangeError: injected bug \(at \S+inject\.mjs:1\) \(a bug in tsvisor; the guest was stopped\)$/);
+  t.is(readStats(r).kind, 'vmm-bug');
+  t.false(netnsList().includes(ns!), 'the namespace (and its TAP) is gone');
+}, needs('rx-sink'));
 
 kvmTestSerial('SIGINT with the console on a terminal: raw mode while the guest runs, the terminal mode restored afterwards', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvisor-tty-'));

@@ -35,7 +35,7 @@ test('how a command run ended: the status, or a status of its own for each other
   t.is(commandEnd('stopped', undefined, 'stopped by the VMM', booted).status, COMMAND_EXIT.noStatus);
   t.regex(commandEnd('timeout', undefined, 'no exit within 3000 ms (--timeout)', 'Linux').reason, /before the guest reached init/);
   t.is(commandEnd('timeout', undefined, 'no exit within 3000 ms (--timeout)', booted).status, COMMAND_EXIT.timeout);
-  for (const kind of ['triple-fault', 'emulation-failure', 'internal-error', 'error'] as const) t.is(commandEnd(kind, undefined, 'x', booted).status, COMMAND_EXIT.failure, kind);
+  for (const kind of ['triple-fault', 'emulation-failure', 'internal-error', 'error', 'vmm-bug'] as const) t.is(commandEnd(kind, undefined, 'x', booted).status, COMMAND_EXIT.failure, kind);
   const statuses = Object.values(COMMAND_EXIT);
   t.is(new Set(statuses).size, statuses.length, 'each end has its own status');
   t.true(statuses.every((s) => s > 128 + 64), 'above the shell\'s 128+signal range');

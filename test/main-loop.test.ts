@@ -44,6 +44,15 @@ function runWorker(fd: number, mode: 'burst' | 'pingpong', count: number, sab: S
   });
 }
 
+/**
+ * Lets libuv go round `n` times: each setImmediate callback runs after a poll
+ * phase, where a ready fd that is watched gets its callback. What has not
+ * happened after that will not happen without a new event.
+ */
+async function loopTurns(n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+}
+
 function until(cond: () => boolean, ms = 5000): Promise<void> {
   const t0 = Date.now();
   return new Promise((resolve, reject) => {
@@ -147,7 +156,7 @@ test('watchFd on an eventfd: readable, then disarmed; writable toggled', async (
   await until(() => readable === 1);
   h.setReadable(false);
   writeU64(fd, 1n);
-  await new Promise((r) => setTimeout(r, 30));
+  await loopTurns(2);
   t.is(readable, 1, 'not called while disarmed');
   h.setReadable(true);
   await until(() => readable === 2);
@@ -175,14 +184,14 @@ test('watchFd: initial arming follows options; close from inside the callback', 
     { writable: false },
   );
   t.false(h.isWritable);
-  await new Promise((r) => setTimeout(r, 20));
+  await loopTurns(2);
   t.is(writable, 0);
   h.setWritable(true);
   await until(() => writable > 0);
   const w = writable;
   writeU64(fd, 1n);
   await until(() => readable === 1);
-  await new Promise((r) => setTimeout(r, 20));
+  await loopTurns(2);
   t.is(readable, 1);
   t.true(writable - w <= 1, 'stopped after close');
   libc.close(fd);
@@ -293,4 +302,31 @@ test('isIdle: false while a BH is pending, a doorbell is rung or a watched fd is
   t.false(loop.isIdle(), 'a writable fd watched for writability');
   h.close();
   t.true(loop.isIdle());
+});
+
+test('onFault receives what a BH or an fd callback threw, with where; the other BHs of the pass still run', async (t) => {
+  const loop = new MainLoop();
+  t.teardown(() => loop.close());
+  const faults: string[] = [];
+  loop.onFault = (e, where) => faults.push(`${where}: ${(e as Error).message}`);
+  let after = 0;
+  loop.newBh('bad', () => {
+    throw new Error('bh bug');
+  }).schedule();
+  loop.newBh('good', () => after++).schedule();
+  await until(() => loop.isIdle());
+  t.deepEqual(faults, ['bottom half bad: bh bug']);
+  t.is(after, 1, 'the BH after the one that threw ran');
+  const fd = makeEventfd();
+  t.teardown(() => libc.close(fd));
+  const h = loop.watchFd(fd, {
+    onReadable: () => {
+      readU64(fd);
+      throw new Error('fd bug');
+    },
+  });
+  writeU64(fd, 1n);
+  await until(() => faults.length === 2);
+  t.is(faults[1], `the handler of fd ${fd}: fd bug`);
+  h.close();
 });

@@ -101,6 +101,22 @@ kvmTest('the exits guest program: N exits of each kind, every one dispatched and
   }
 }, firmwareMissing('exits'));
 
+kvmTest('a bottom half that throws (a bug in tsvisor) stops the guest: kind vmm-bug, status 70, one line naming the error and where; the VM is released', async (t) => {
+  const { Vm } = await import('../src/vm.js');
+  // Exits without end: the guest runs until tsvisor stops it.
+  const vm = await Vm.boot({ kernel: firmwareImage('exits'), cmdline: 'kind=pio_out n=2000000000', memMiB: 16, timeoutMs: 120_000 });
+  const loop = (vm as unknown as { loop: import('../src/loop/main-loop.js').MainLoop }).loop;
+  loop.newBh('injected', () => {
+    throw new TypeError('injected bug');
+  }).schedule();
+  const exit = await vm.exited;
+  t.is(exit.kind, 'vmm-bug');
+  t.is(exit.status, 70);
+  t.regex(exit.reason, /^internal error in bottom half injected: TypeError: injected bug \(at (src|dist)\/\S+:\d+\) \(a bug in tsvisor; the guest was stopped\)/);
+  t.false(exit.reason.includes('\n'), 'one line');
+  t.true(loop.closed, 'the main loop was closed with the VM');
+}, firmwareMissing('exits'));
+
 kvmTest('the arp guest program resolves the host inside a namespace', async (t) => {
   const { Vm } = await import('../src/vm.js');
   const net = testNet(t);

@@ -41,7 +41,7 @@ export function commandEnd(kind: ExitKind, code: number | undefined, reason: str
   }
   // A kernel without /dev/port (Debian's cloud kernel) cannot reach the port:
   // init then says the status on the console, its last line before powering off.
-  const said = kind !== 'timeout' && kind !== 'stopped' ? CONSOLE_EXIT_RE.exec(consoleText) : null;
+  const said = kind !== 'timeout' && kind !== 'stopped' && kind !== 'vmm-bug' ? CONSOLE_EXIT_RE.exec(consoleText) : null;
   if (said) {
     const status = Number(said[1]) & 0xff;
     return { kind: 'command', status, reason: `the command exited with status ${status} (reported on the console; then ${reason})` };
@@ -58,6 +58,7 @@ export function commandEnd(kind: ExitKind, code: number | undefined, reason: str
     case 'emulation-failure':
     case 'internal-error':
     case 'error':
+    case 'vmm-bug':
       return { kind, status: COMMAND_EXIT.failure, reason };
     default:
       if (!initRan) return { kind: 'no-init', status: COMMAND_EXIT.noInit, reason: `the guest never reached init (${reason})` };

@@ -80,6 +80,8 @@ export class BottomHalfList {
   private closed = false;
   /** Passes run so far (statistics and tests). */
   passes = 0;
+  /** The name of the last BH whose callback threw (for the error report). */
+  lastThrew = '';
 
   constructor(private readonly wake: () => void) {}
 
@@ -124,6 +126,7 @@ export class BottomHalfList {
         if (batch[i].run()) ran++;
       }
     } finally {
+      if (i < batch.length) this.lastThrew = batch[i].name;
       if (i < batch.length && !this.closed) {
         // A callback threw at batch[i]: the rest go in front of what was
         // scheduled during this pass, keeping FIFO order.

@@ -95,15 +95,19 @@ export class FdHandler {
   }
 
   private event(r: boolean, w: boolean, err: boolean): void {
-    if (err) {
-      this.readable = this.writable = false;
-      this.watch.stop();
-      this.handlers.onError?.();
-      return;
+    try {
+      if (err) {
+        this.readable = this.writable = false;
+        this.watch.stop();
+        this.handlers.onError?.();
+        return;
+      }
+      if (r && this.readable) this.handlers.onReadable?.();
+      // The readable callback may have closed us or turned writable off.
+      if (w && this.writable && !this.closed) this.handlers.onWritable?.();
+    } catch (e) {
+      this.loop.fault(e, `the handler of fd ${this.fd}`);
     }
-    if (r && this.readable) this.handlers.onReadable?.();
-    // The readable callback may have closed us or turned writable off.
-    if (w && this.writable && !this.closed) this.handlers.onWritable?.();
   }
 }
 
@@ -176,6 +180,13 @@ export class MainLoop {
   constructor() {
     this.bhs = new BottomHalfList(this.wake);
   }
+
+  /**
+   * Receives what a bottom half or an fd callback threw: a bug in tsvisor,
+   * since guest-caused errors never throw (devices record them). The VM stops
+   * itself here; without a receiver the exception goes on to Node as before.
+   */
+  onFault: ((error: unknown, where: string) => void) | null = null;
 
   /** Loop iterations that ran bottom halves. */
   get iterations(): number {
@@ -252,6 +263,12 @@ export class MainLoop {
     return n === 0;
   }
 
+  /** @internal An exception from a callback of this loop. */
+  fault(error: unknown, where: string): void {
+    if (this.onFault === null) throw error;
+    this.onFault(error, where);
+  }
+
   /** @internal */
   forget(h: FdHandler): void {
     this.handlers.delete(h);
@@ -269,7 +286,12 @@ export class MainLoop {
 
   private readonly dispatch = (): void => {
     this.immediate = null;
-    // runPass calls wake() again if BHs were scheduled during the pass.
-    this.bhs.runPass();
+    // runPass calls wake() again if BHs were scheduled during the pass, or
+    // were left unrun by a callback that threw.
+    try {
+      this.bhs.runPass();
+    } catch (e) {
+      this.fault(e, `bottom half ${this.bhs.lastThrew}`);
+    }
   };
 }

@@ -51,6 +51,7 @@ export type ExitKind =
   | 'stopped'          // the VMM stopped the guest (vm.stop(), a signal)
   | 'timeout'          // --timeout passed
   | 'error'            // a failure inside tsvisor
+  | 'vmm-bug'          // an exception in tsvisor's own code (a bug): the guest was stopped
   // Only when the guest runs a command (BootOptions.command, src/guest/command.ts):
   | 'command'          // the command finished; `code` is its exit status
   | 'panic'            // the guest kernel panicked
@@ -117,6 +118,9 @@ export const COMMAND_EXIT = {
   noStatus: 246,
 } as const;
 
+/** A bug in tsvisor stopped the run: sysexits.h's EX_SOFTWARE, "internal software error". */
+export const EXIT_VMM_BUG = 70;
+
 export function exitStatusOf(kind: ExitKind, code = 0): number {
   switch (kind) {
     case 'reset':
@@ -135,6 +139,8 @@ export function exitStatusOf(kind: ExitKind, code = 0): number {
       return 124;
     case 'error':
       return 1;
+    case 'vmm-bug':
+      return EXIT_VMM_BUG;
     case 'command':
       return code & 0xff;
     case 'panic':
