@@ -3,6 +3,13 @@
 // `NativeBuffer`, so nothing is copied across the FFI boundary and one fixed
 // ioctl prototype serves every request (the variadic form is slower and noisier).
 import koffi from 'koffi';
+import { isMainThread } from 'node:worker_threads';
+
+// koffi gives each thread's instance a call stack and heap (1 + 2 MiB by
+// default) that it never frees when a worker ends: every VM's vCPU thread
+// would leave 3 MiB of address space behind. tsvisor's calls pass addresses
+// and a few short strings, so small ones do.
+if (!isMainThread) koffi.config({ sync_stack_size: 64 * 1024, sync_heap_size: 64 * 1024 });
 
 const lib = koffi.load('libc.so.6');
 
@@ -90,6 +97,23 @@ export function view(address: bigint, length: number): ArrayBuffer {
  * Native memory for ioctl arguments and iovecs: an anonymous mapping with a
  * DataView over it and its address for system calls. Allocated once, reused.
  */
+// Native memory is not V8's: a NativeBuffer's pages are unmapped when its
+// owner calls release(), else when the ArrayBuffer over them is collected
+// (nothing can reach the pages then). A thread that ends (the vCPU worker)
+// gets no finalizers, so it tracks its buffers and releases them all itself.
+const unmapWhenCollected = new FinalizationRegistry<{ address: bigint; bytes: number }>((m) => munmap(m.address, m.bytes));
+let threadBuffers: Set<NativeBuffer> | null = null;
+
+/** From now on this thread's NativeBuffers are released by releaseThreadBuffers() (a thread about to end). */
+export function trackThreadBuffers(): void {
+  threadBuffers ??= new Set();
+}
+
+/** Unmaps every NativeBuffer this thread made since trackThreadBuffers(); none may be used afterwards. */
+export function releaseThreadBuffers(): void {
+  for (const b of [...(threadBuffers ?? [])]) b.release();
+}
+
 export class NativeBuffer {
   readonly address: bigint;
   readonly bytes: Uint8Array;
@@ -101,6 +125,8 @@ export class NativeBuffer {
     const ab = view(this.address, mapped);
     this.bytes = new Uint8Array(ab, 0, size);
     this.dv = new DataView(ab, 0, size);
+    if (threadBuffers) threadBuffers.add(this);
+    else unmapWhenCollected.register(ab, { address: this.address, bytes: mapped }, this);
   }
 
   /** The address of byte `offset` inside this buffer. */
@@ -119,6 +145,8 @@ export class NativeBuffer {
   release(): void {
     if (this.released) return;
     this.released = true;
+    unmapWhenCollected.unregister(this);
+    threadBuffers?.delete(this);
     munmap(this.address, (this.size + 4095) & ~4095);
   }
 

@@ -17,9 +17,12 @@ import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { SyscallCompletion } from './syscall-completion.js';
 import { nameThread, threadCpu } from '../util/thread-cpu.js';
+import { describeBug } from '../errors.js';
 import { createPciDevices } from '../devices/virtio/vcpu-devices.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
 
+// Every native buffer this thread makes is unmapped when it ends (below).
+libc.trackThreadBuffers();
 const data = workerData as VcpuWorkerData;
 const control = new Int32Array(data.control);
 Atomics.store(control, CONTROL_TID, native().currentThreadId());
@@ -68,7 +71,7 @@ try {
   const end = loop.loop();
   message = { type: 'exit', ...end, stats: loop.stats((p) => pio.lookup(p)?.name ?? 'unclaimed', mmio.ranges.map((r) => r.device.name)) };
 } catch (e) {
-  message = { type: 'exit', kind: 'error', message: `vCPU thread failed: ${(e as Error).stack ?? e}`, stats: loop.stats(() => '', []) };
+  message = { type: 'exit', kind: 'vmm-bug', message: `internal error in the vCPU thread: ${describeBug(e)} (a bug in tsvisor; the guest was stopped)`, stats: loop.stats(() => '', []) };
 }
 Atomics.store(control, CONTROL_RUNNING, 0);
 try {
@@ -78,4 +81,9 @@ try {
 }
 // Flush any console bytes the reader has not seen yet.
 consoleBell.ring();
+// Unmap what this thread mapped: its kvm_run mapping holds the vCPU file, and
+// with it the whole KVM VM (PIT thread included), after the main thread closed
+// its fds; native buffers get no finalizers when a thread ends.
+libc.munmap(vcpu.runAddress, data.mmapSize);
+libc.releaseThreadBuffers();
 parentPort!.postMessage(message);
