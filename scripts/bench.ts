@@ -216,6 +216,7 @@ async function main(): Promise<void> {
     }
 
     let rssAfterBoot: number | null = null;
+    let memory: Record<string, unknown> = {};
     if (o.parts.includes('linux')) {
       const missing = LinuxBench.missing();
       let l: LinuxFigures | null = null;
@@ -240,6 +241,19 @@ async function main(): Promise<void> {
         qemu_boot_ms: med(l?.qemuBootMs ?? null), detail: l,
       };
       rssAfterBoot = med(l?.rssAfterBootMib ?? null);
+      // Resident memory beyond guest RAM once the guest is up, against QEMU's for the same guest at its ready marker.
+      const byKind = (heap: Summary | null | undefined, anonymous: Summary | null | undefined, files: Summary | null | undefined) => ({ heap: med(heap ?? null), anonymous: med(anonymous ?? null), files: med(files ?? null) });
+      const qemuRss = med(l?.qemuRssMib ?? null);
+      memory = {
+        qemu_after_boot: qemuRss,
+        ratio: ratio(l?.rssAfterBootMib ?? null, l?.qemuRssMib ?? null),
+        after_boot_by_kind: byKind(l?.rssHeapMib, l?.rssAnonymousMib, l?.rssFilesMib),
+        qemu_after_boot_by_kind: byKind(l?.qemuRssHeapMib, l?.qemuRssAnonymousMib, l?.qemuRssFilesMib),
+      };
+      if (qemuRss === null) reasons.add('rss_mib.qemu_after_boot', host === 'kvm_pvm' ? 'QEMU cannot boot Linux on kvm_pvm' : 'QEMU is not available');
+      table.push(row(['Linux, resident memory beyond guest RAM once booted, MiB', fmt(l?.rssAfterBootMib ?? null, 1), l?.qemuRssMib ? `${fmt(l.qemuRssMib, 1)} (QEMU)` : '', fmtRatio(ratio(l?.rssAfterBootMib ?? null, l?.qemuRssMib ?? null)), '≤ 1.0×']));
+      const kinds = (h: Summary | null | undefined, a: Summary | null | undefined, f: Summary | null | undefined) => (h && a && f ? `${fmt(h, 1)} / ${fmt(a, 1)} / ${fmt(f, 1)}` : '—');
+      table.push(row(['… of which malloc heap / anonymous (V8 heaps, stacks) / mapped files, MiB', kinds(l?.rssHeapMib, l?.rssAnonymousMib, l?.rssFilesMib), l?.qemuRssMib ? `${kinds(l.qemuRssHeapMib, l.qemuRssAnonymousMib, l.qemuRssFilesMib)} (QEMU)` : '', '', '']));
       table.push(row([`Linux boot to user space (the command's first line), s`, fmt(l?.bootMs ? scale(l.bootMs, 1 / 1000) : null, 1), l?.qemuBootMs ? `${fmt(scale(l.qemuBootMs, 1 / 1000), 1)} (QEMU, to its ready marker)` : '', fmtRatio(ratio(l?.bootMs ?? null, l?.qemuBootMs ?? null)), '']));
       table.push(row(['Linux run (boot and benchmark command), VM exits', fmt(l?.exits ?? null, 0), '', '', '']));
       table.push(row(['Linux boot, tsvisor share of wall time', l?.vmmShare ? fmt(scale(l.vmmShare, 100), 2) + ' %' : '—', '', '', '< 2 %']));
@@ -286,7 +300,7 @@ async function main(): Promise<void> {
       }
       json.vmexit = v ? { unit: 'TSC cycles per iteration (vmexit\'s own figure)', suite: v.suiteDir, ...out } : null;
     }
-    json.rss_mib = { after_boot: rssAfterBoot, under_load: rssUnderLoad };
+    json.rss_mib = { after_boot: rssAfterBoot, under_load: rssUnderLoad, ...memory };
     if (rssAfterBoot === null) reasons.add('rss_mib.after_boot', o.parts.includes('linux') ? 'no Linux boot measured' : 'the linux part was not run');
     if (rssUnderLoad === null) reasons.add('rss_mib.under_load', o.parts.includes('rx') ? 'not sampled' : 'the rx part was not run');
     table.push(row(['tsvisor RSS beyond guest RAM, MiB (after boot / under RX load)', `${rssAfterBoot?.toFixed(1) ?? '—'} / ${rssUnderLoad?.toFixed(1) ?? '—'}`, '', '', '']));

@@ -12,7 +12,7 @@ import { NetNamespace } from '../../src/net/netns.js';
 import { defaultGuestPaths, GUEST_READY_MARKER, DEFAULT_GUEST_MISSING } from '../../src/guest/default-guest.js';
 import { appendArchive, hostFilesArchive } from '../../src/guest/host-files.js';
 import { sandboxIpParam, SANDBOX_GUEST_IP, SANDBOX_HOST_IP } from '../../src/net/net-option.js';
-import { readStats, start, TAP, tsvisorCli, rssBeyondGuest, pidOf, vmmCpuMsNow, type Scratch } from './procs.js';
+import { readStats, start, TAP, tsvisorCli, rssBreakdown, pidOf, vmmCpuMsNow, type RssBreakdown, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
 import { qemuArgv } from './qemu.js';
 
@@ -45,6 +45,10 @@ export interface LinuxFigures {
   /** Host → guest TCP, timed in the guest around its nc (connection set-up included). */
   tcpInMbps: Summary | null;
   rssAfterBootMib: Summary | null;
+  /** The same, by where it lives: malloc's heap, anonymous mappings (V8 heaps, stacks), mapped files. */
+  rssHeapMib: Summary | null;
+  rssAnonymousMib: Summary | null;
+  rssFilesMib: Summary | null;
   /** kvm_pvm only: SYSCALL completion's work over the whole run (--stats-json `stats.syscalls`). */
   syscallsCompleted: Summary | null;
   faultsStepped: Summary | null;
@@ -52,13 +56,18 @@ export interface LinuxFigures {
   vmmNsPerStep: Summary | null;
   /** Hardware KVM only: the same kernel, initramfs and command under QEMU, to its ready marker. */
   qemuBootMs: Summary | null;
+  /** Hardware KVM only: QEMU's resident memory beyond guest RAM at its ready marker, and by kind. */
+  qemuRssMib: Summary | null;
+  qemuRssHeapMib: Summary | null;
+  qemuRssAnonymousMib: Summary | null;
+  qemuRssFilesMib: Summary | null;
   /** Why a figure above is null, by its name here, from the last run that missed it. */
   why: Partial<Record<keyof LinuxFigures, string>>;
 }
 
 type Run = {
   bootMs: number; exits: number; vmmShare: number; rttUs: number; guestRttUs: number; syscallsPerS: number;
-  tcpMbps: number; tcpInMbps: number; rss: number;
+  tcpMbps: number; tcpInMbps: number; rss: number; rssHeap: number; rssAnonymous: number; rssFiles: number;
   completed: number; stepped: number; nsPerCompletion: number; nsPerStep: number;
   why: Partial<Record<keyof LinuxFigures, string>>;
 };
@@ -144,7 +153,8 @@ export class LinuxBench {
     }
     // tsvisor's share of the boot itself: its CPU so far over the time to the marker.
     const vmmAtMarker = vmmCpuMsNow(pidOf(guest));
-    const rss = rssBeyondGuest(pidOf(guest), MEM_MIB << 20) ?? NaN;
+    const mem = rssBreakdown(pidOf(guest), MEM_MIB << 20);
+    const rss = mem?.total ?? NaN;
     // The guest waits at the gate (idle) until this ping is done.
     const ping = await this.ns.run(['ping', '-c', '10', '-i', '0.2', '-W', '5', SANDBOX_GUEST_IP], { timeoutMs: 60_000 });
     server.child.kill('SIGUSR2');
@@ -197,33 +207,36 @@ export class LinuxBench {
       (sys ? `, ${sys.completed} syscalls completed (${f(sys.vmmNsPerCompletion ?? NaN, 0)} ns each), ${sys.faultsStepped} #PF stepped (${f(sys.vmmNsPerStep ?? NaN, 0)} ns each)` : ''));
     return {
       bootMs, exits: st.totalExits, vmmShare, rttUs, guestRttUs, syscallsPerS, tcpMbps, tcpInMbps, rss,
+      rssHeap: mem?.heap ?? NaN, rssAnonymous: mem?.anonymous ?? NaN, rssFiles: mem?.files ?? NaN,
       completed: sys?.completed ?? NaN, stepped: sys?.faultsStepped ?? NaN, nsPerCompletion: sys?.vmmNsPerCompletion ?? NaN, nsPerStep: sys?.vmmNsPerStep ?? NaN,
       why,
     };
   }
 
-  /** QEMU booting the same guest (bzImage, as QEMU loads it) to the ready marker, ms. */
-  private async qemuOnce(): Promise<number> {
+  /** QEMU booting the same guest (bzImage, as QEMU loads it) to the ready marker: ms, and its memory there. */
+  private async qemuOnce(): Promise<{ ms: number; mem: RssBreakdown | null }> {
     const g = defaultGuestPaths()!;
     // The same initramfs with the same kind of command appended, as tsvisor hands it over.
     const initrd = this.scratch.file('qemu-initrd.cpio');
     writeFileSync(initrd, appendArchive(readFileSync(g.initrd), hostFilesArchive([], 'true')));
     const q = start(qemuArgv(g.bzImage, `console=ttyS0 panic=-1 ${sandboxIpParam()}`, { memMiB: MEM_MIB, initrd }), { ns: this.ns, timeoutMs: 600_000 });
     const ms = await q.waitFor(new RegExp(GUEST_READY_MARKER));
+    const mem = rssBreakdown(pidOf(q), MEM_MIB << 20);
     // Without ACPI in the guest kernel its power-off halts the CPU, which QEMU does not treat as an end.
     q.child.kill('SIGTERM');
     await q.done;
-    return ms;
+    return { ms, mem };
   }
 
   async measure(runs: number, log: (s: string) => void): Promise<LinuxFigures> {
     const r: Run[] = [];
-    const qemu: number[] = [];
+    const qemu: Array<{ ms: number; mem: RssBreakdown | null }> = [];
     for (let i = 0; i < runs; i++) {
       r.push(await this.once(log, i));
       if (this.host === 'hardware' && this.withQemu) {
         qemu.push(await this.qemuOnce());
-        log(`linux run ${i + 1}: QEMU ready ${(qemu[i] / 1000).toFixed(1)} s`);
+        const m = qemu[i].mem;
+        log(`linux run ${i + 1}: QEMU ready ${(qemu[i].ms / 1000).toFixed(1)} s, RSS beyond RAM ${m ? m.total.toFixed(1) : '—'} MiB`);
       }
     }
     const why: LinuxFigures['why'] = {};
@@ -238,11 +251,18 @@ export class LinuxBench {
       tcpMbps: summarize(r.map((x) => x.tcpMbps)),
       tcpInMbps: summarize(r.map((x) => x.tcpInMbps)),
       rssAfterBootMib: summarize(r.map((x) => x.rss)),
+      rssHeapMib: summarize(r.map((x) => x.rssHeap)),
+      rssAnonymousMib: summarize(r.map((x) => x.rssAnonymous)),
+      rssFilesMib: summarize(r.map((x) => x.rssFiles)),
       syscallsCompleted: summarize(r.map((x) => x.completed)),
       faultsStepped: summarize(r.map((x) => x.stepped)),
       vmmNsPerCompletion: summarize(r.map((x) => x.nsPerCompletion)),
       vmmNsPerStep: summarize(r.map((x) => x.nsPerStep)),
-      qemuBootMs: summarize(qemu),
+      qemuBootMs: summarize(qemu.map((q) => q.ms)),
+      qemuRssMib: summarize(qemu.map((q) => q.mem?.total ?? NaN)),
+      qemuRssHeapMib: summarize(qemu.map((q) => q.mem?.heap ?? NaN)),
+      qemuRssAnonymousMib: summarize(qemu.map((q) => q.mem?.anonymous ?? NaN)),
+      qemuRssFilesMib: summarize(qemu.map((q) => q.mem?.files ?? NaN)),
       why,
     };
   }

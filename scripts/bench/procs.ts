@@ -127,31 +127,61 @@ export function tapCounters(ns: NetNamespace): { rxPackets: number; rxBytes: num
   return { rxPackets: s.rx.packets, rxBytes: s.rx.bytes, txPackets: s.tx.packets, txBytes: s.tx.bytes, txDropped: s.tx.dropped };
 }
 
-/** Resident memory of a process beyond its largest mapping of `guestBytes` (guest RAM), in MiB. */
-export function rssBeyondGuest(pid: number, guestBytes: number): number | null {
+/** Resident memory beyond guest RAM, MiB, by where it lives (`/proc/PID/smaps`). */
+export interface RssBreakdown {
+  total: number;
+  /** malloc's heap ([heap]): the addon, koffi, libuv, V8's own C++ side. */
+  heap: number;
+  /** Anonymous mappings: V8's JavaScript heaps, thread stacks, native buffers, glibc arenas of other threads. */
+  anonymous: number;
+  /** Mapped files: the node (or QEMU) binary, shared libraries, the addon, ICU data. */
+  files: number;
+}
+
+/**
+ * Resident memory beyond guest RAM, by mapping kind: every mapping's Rss,
+ * less the largest resident mapping exactly the guest's size (its RAM).
+ * null when the process is gone.
+ */
+export function rssBreakdown(pid: number, guestBytes: number): RssBreakdown | null {
   let text: string;
   try {
     text = readFileSync(`/proc/${pid}/smaps`, 'utf8');
   } catch {
     return null;
   }
-  let total = 0;
-  let guest = 0;
+  const kb = { heap: 0, anonymous: 0, files: 0 };
+  let kind: keyof typeof kb = 'anonymous';
   let size = 0;
+  let guest = 0;
+  let guestKind: keyof typeof kb | null = null;
   for (const line of text.split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
     if (m) {
       size = parseInt(m[2], 16) - parseInt(m[1], 16);
+      const name = m[3];
+      kind = name === '[heap]' ? 'heap' : name.startsWith('/') ? 'files' : 'anonymous';
       continue;
     }
     const r = /^Rss:\s+(\d+) kB/.exec(line);
     if (r) {
-      const kb = Number(r[1]);
-      total += kb;
-      if (size === guestBytes && kb > guest) guest = kb;
+      const n = Number(r[1]);
+      kb[kind] += n;
+      if (size === guestBytes && n > guest) {
+        guest = n;
+        guestKind = kind;
+      }
     }
   }
-  return (total - guest) / 1024;
+  // Guest RAM is an anonymous mapping in tsvisor; QEMU's may be a file (memfd) or anonymous.
+  if (guestKind) kb[guestKind] -= guest;
+  const mib = (x: number) => x / 1024;
+  return { total: mib(kb.heap + kb.anonymous + kb.files), heap: mib(kb.heap), anonymous: mib(kb.anonymous), files: mib(kb.files) };
+}
+
+/** Resident memory beyond guest RAM, MiB; null when the process is gone. */
+export function rssBeyondGuest(pid: number, guestBytes: number): number | null {
+  return rssBreakdown(pid, guestBytes)?.total ?? null;
 }
 
 /** The PID of the tsvisor process a child started (ip netns exec execs in place). */
