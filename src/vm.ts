@@ -30,6 +30,7 @@ import { defaultHostParams } from './boot/host-params.js';
 import type { BootCpuState } from './boot/cpu-state.js';
 import { createSerialShared, Serial16550 } from './devices/serial.js';
 import { MainLoop } from './loop/main-loop.js';
+import { collectGarbage } from './util/collect-garbage.js';
 import { GuestConsole } from './console.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
 
@@ -413,6 +414,8 @@ export class Vm {
         pcTestdev: extraDevices.includes('pc-testdev'),
         fwCfg: fwCfgItems({ ramBytes: memBytes, cpus: 1, files: fwCfgFiles }),
       };
+      // Once boot() has returned, its copies of the kernel and initrd are garbage: collect them then.
+      setImmediate(collectGarbage);
       return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));
     } catch (e) {
       for (const release of undo.reverse()) {
