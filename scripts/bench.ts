@@ -244,14 +244,15 @@ async function main(): Promise<void> {
       // Resident memory beyond guest RAM once the guest is up, against QEMU's for the same guest at its ready marker.
       const byKind = (heap: Summary | null | undefined, anonymous: Summary | null | undefined, files: Summary | null | undefined) => ({ heap: med(heap ?? null), anonymous: med(anonymous ?? null), files: med(files ?? null) });
       const qemuRss = med(l?.qemuRssMib ?? null);
+      const rssRatio = ratio(l?.rssAfterBootMib ?? null, l?.qemuRssMib ?? null);
       memory = {
         qemu_after_boot: qemuRss,
-        ratio: ratio(l?.rssAfterBootMib ?? null, l?.qemuRssMib ?? null),
+        ratio: rssRatio,
         after_boot_by_kind: byKind(l?.rssHeapMib, l?.rssAnonymousMib, l?.rssFilesMib),
         qemu_after_boot_by_kind: byKind(l?.qemuRssHeapMib, l?.qemuRssAnonymousMib, l?.qemuRssFilesMib),
       };
       if (qemuRss === null) reasons.add('rss_mib.qemu_after_boot', host === 'kvm_pvm' ? 'QEMU cannot boot Linux on kvm_pvm' : 'QEMU is not available');
-      table.push(row(['Linux, resident memory beyond guest RAM once booted, MiB', fmt(l?.rssAfterBootMib ?? null, 1), l?.qemuRssMib ? `${fmt(l.qemuRssMib, 1)} (QEMU)` : '', fmtRatio(ratio(l?.rssAfterBootMib ?? null, l?.qemuRssMib ?? null)), '≤ 1.0×']));
+      table.push(row(['Linux, resident memory beyond guest RAM once booted, MiB', fmt(l?.rssAfterBootMib ?? null, 1), l?.qemuRssMib ? `${fmt(l.qemuRssMib, 1)} (QEMU)` : '', fmtRatio(rssRatio), '≤ 1.0×']));
       const kinds = (h: Summary | null | undefined, a: Summary | null | undefined, f: Summary | null | undefined) => (h && a && f ? `${fmt(h, 1)} / ${fmt(a, 1)} / ${fmt(f, 1)}` : '—');
       table.push(row(['… of which malloc heap / anonymous (V8 heaps, stacks) / mapped files, MiB', kinds(l?.rssHeapMib, l?.rssAnonymousMib, l?.rssFilesMib), l?.qemuRssMib ? `${kinds(l.qemuRssHeapMib, l.qemuRssAnonymousMib, l.qemuRssFilesMib)} (QEMU)` : '', '', '']));
       table.push(row([`Linux boot to user space (the command's first line), s`, fmt(l?.bootMs ? scale(l.bootMs, 1 / 1000) : null, 1), l?.qemuBootMs ? `${fmt(scale(l.qemuBootMs, 1 / 1000), 1)} (QEMU, to its ready marker)` : '', fmtRatio(ratio(l?.bootMs ?? null, l?.qemuBootMs ?? null)), '']));

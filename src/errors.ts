@@ -35,3 +35,8 @@ export function describeBug(e: unknown): string {
   const message = `${e.name}: ${e.message}`.replace(/\s*\n\s*/g, ' ');
   return where ? `${message} (at ${where.replace(/^.*\/(src|dist)\//, '$1/')})` : message;
 }
+
+/** How a run that a bug in tsvisor stopped is reported: one line, `where` the exception was thrown. */
+export function bugReport(where: string, e: unknown): string {
+  return `internal error in ${where}: ${describeBug(e)} (a bug in tsvisor; the guest was stopped)`;
+}

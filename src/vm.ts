@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import * as libc from './sys/libc.js';
 import { native } from './native.js';
 import { vmmCpuMs } from './util/thread-cpu.js';
-import { describeBug, TsvisorError, usageError } from './errors.js';
+import { bugReport, TsvisorError, usageError } from './errors.js';
 import { appendArchive, hostFilesArchive, type HostFile } from './guest/host-files.js';
 import { commandEnd } from './guest/command.js';
 import { hostMemoryBytes, Kvm, type HostKind } from './kvm/system.js';
@@ -232,7 +232,7 @@ export class Vm {
         if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: `${this.pendingMessage}${/ \(the vCPU was .*\)$/.exec(m.message)?.[0] ?? ''}` };
         done(m);
       });
-      this.worker.on('error', (e) => done({ type: 'exit', kind: 'vmm-bug', message: `internal error in the vCPU thread: ${describeBug(e)} (a bug in tsvisor)`, stats: emptyStats() }));
+      this.worker.on('error', (e) => done({ type: 'exit', kind: 'vmm-bug', message: bugReport('the vCPU thread', e), stats: emptyStats() }));
       this.worker.on('exit', () => done({ type: 'exit', kind: 'error', message: 'vCPU thread ended without reporting', stats: emptyStats() }));
     });
     if (opts.timeoutMs) {
@@ -457,7 +457,7 @@ export class Vm {
    * ends with kind 'vmm-bug', status 70, and one line naming the error.
    */
   stopOnBug(error: unknown, where: string): void {
-    this.requestStop('vmm-bug', `internal error in ${where}: ${describeBug(error)} (a bug in tsvisor; the guest was stopped)`);
+    this.requestStop('vmm-bug', bugReport(where, error));
   }
 
   /** Stops the guest and releases everything; resolves with the exit. */

@@ -16,6 +16,7 @@ import test from 'ava';
 import koffi from 'koffi';
 import { FdWatch } from '../src/loop/addon.js';
 import * as libc from '../src/sys/libc.js';
+import { until } from './helpers/net-fakes.js';
 
 const lib = koffi.load('libc.so.6');
 const dup3 = lib.func('int dup3(int oldfd, int newfd, int flags)') as (oldfd: number, newfd: number, flags: number) => number;
@@ -40,15 +41,6 @@ function eventfdAt(fd: number): number {
 function ring(fd: number): void {
   buf.dv.setBigUint64(0, 1n, true);
   if (libc.write(fd, buf.address, 8) !== 8) throw new libc.SyscallError('write', libc.errno());
-}
-
-/** Resolves when `cond()` holds; rejects after `ms` (a deadline, not a delay: the loop runs between checks). */
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`no ${what} within ${ms} ms`);
-    await new Promise((r) => setImmediate(r));
-  }
 }
 
 /** Watches a new eventfd at `fd`'s number, registered for sure (it fired once). */

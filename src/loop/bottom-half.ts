@@ -126,15 +126,17 @@ export class BottomHalfList {
         if (batch[i].run()) ran++;
       }
     } finally {
-      if (i < batch.length) this.lastThrew = batch[i].name;
-      if (i < batch.length && !this.closed) {
+      if (i < batch.length) {
         // A callback threw at batch[i]: the rest go in front of what was
         // scheduled during this pass, keeping FIFO order.
-        const rest = batch.slice(i + 1);
-        const later = this.queue;
-        this.queue = rest;
-        for (const bh of later) this.queue.push(bh);
-        later.length = 0;
+        this.lastThrew = batch[i].name;
+        if (!this.closed) {
+          const rest = batch.slice(i + 1);
+          const later = this.queue;
+          this.queue = rest;
+          for (const bh of later) this.queue.push(bh);
+          later.length = 0;
+        }
       }
       batch.length = 0;
       this.inPass = false;

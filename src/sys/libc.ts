@@ -121,6 +121,7 @@ export class NativeBuffer {
 
   constructor(readonly size: number) {
     const mapped = (size + 4095) & ~4095;
+    this.mapped = mapped;
     this.address = mmap(mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
     const ab = view(this.address, mapped);
     this.bytes = new Uint8Array(ab, 0, size);
@@ -147,8 +148,10 @@ export class NativeBuffer {
     this.released = true;
     unmapWhenCollected.unregister(this);
     threadBuffers?.delete(this);
-    munmap(this.address, (this.size + 4095) & ~4095);
+    munmap(this.address, this.mapped);
   }
 
   private released = false;
+  /** Bytes mapped: `size` rounded up to whole pages. */
+  private readonly mapped: number;
 }

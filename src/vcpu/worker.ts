@@ -17,7 +17,7 @@ import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
 import { SyscallCompletion } from './syscall-completion.js';
 import { nameThread, threadCpu } from '../util/thread-cpu.js';
-import { describeBug } from '../errors.js';
+import { bugReport } from '../errors.js';
 import { createPciDevices } from '../devices/virtio/vcpu-devices.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, type VcpuExitMessage, type VcpuWorkerData } from './protocol.js';
 
@@ -71,7 +71,7 @@ try {
   const end = loop.loop();
   message = { type: 'exit', ...end, stats: loop.stats((p) => pio.lookup(p)?.name ?? 'unclaimed', mmio.ranges.map((r) => r.device.name)) };
 } catch (e) {
-  message = { type: 'exit', kind: 'vmm-bug', message: `internal error in the vCPU thread: ${describeBug(e)} (a bug in tsvisor; the guest was stopped)`, stats: loop.stats(() => '', []) };
+  message = { type: 'exit', kind: 'vmm-bug', message: bugReport('the vCPU thread', e), stats: loop.stats(() => '', []) };
 }
 Atomics.store(control, CONTROL_RUNNING, 0);
 try {
