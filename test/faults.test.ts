@@ -148,8 +148,15 @@ async function exitWithin(r: Running, ms: number): Promise<{ code: number | null
   return { ...(await r.exited), hung: true };
 }
 
+/** VmRSS of a process; 0 once it has exited (a sampler can outlive it: the guest may end first). */
 function vmRssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return 0;
+  }
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
   return m ? Number(m[1]) : 0;
 }
 
@@ -368,6 +375,7 @@ kvmTestSerial('host ping flood against rx-sink: tsvisor\'s memory stays bounded,
   const rss0 = vmRssKiB(r.pid);
   let rssMax = rss0;
   const sampler = setInterval(() => (rssMax = Math.max(rssMax, vmRssKiB(r.pid))), 200);
+  t.teardown(() => clearInterval(sampler));
   const flood = await net.ns.run(FLOOD, { timeoutMs: 60_000 });
   clearInterval(sampler);
   const rssEnd = vmRssKiB(r.pid);
