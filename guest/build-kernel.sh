@@ -4,6 +4,7 @@
 # The cache key covers the config, this script and the source package version,
 # so a changed config rebuilds and an unchanged one costs nothing.
 # Prints the cache directory (holding vmlinux, bzImage, System.map, config) on stdout.
+# Usage: guest/build-kernel.sh [smp]   (smp: guest/kernel-smp.config merged on top, for --cpus N > 1)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 tarball=/usr/src/linux-source-6.1.tar.xz
@@ -12,7 +13,9 @@ tarball=/usr/src/linux-source-6.1.tar.xz
 need linux-source-6.1:$tarball make:make gcc:gcc bc:bc flex:flex bison:bison xz-utils:xz \
   libelf-dev:/usr/include/gelf.h libssl-dev:/usr/include/openssl/ssl.h
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$tarball")
-key=$(cat "$here/kernel.config" "$0" | sha256sum | cut -c1-12)
+fragments=("$here/kernel.config")
+[ "${1:-}" = smp ] && fragments+=("$here/kernel-smp.config")
+key=$(cat "${fragments[@]}" "$0" | sha256sum | cut -c1-12)
 cache=${TSVISOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tsvisor}
 out="$cache/kernel-$srcver-$key"
 if [ -f "$out/vmlinux" ] && [ -f "$out/System.map" ]; then
@@ -28,19 +31,25 @@ if [ ! -f "$work/.unpacked-$srcver" ]; then
   touch "$work/.unpacked-$srcver"
 fi
 cd "$work"
-echo "build-kernel: configuring (tinyconfig + guest/kernel.config)" >&2
+echo "build-kernel: configuring (tinyconfig + ${fragments[*]##*/})" >&2
 make -s tinyconfig >/dev/null
-scripts/kconfig/merge_config.sh -m .config "$here/kernel.config" >/dev/null
+scripts/kconfig/merge_config.sh -m .config "${fragments[@]}" >/dev/null
 make -s olddefconfig >/dev/null
 # Every line of the fragment must have survived: a silently dropped option
 # (a typo, an unmet dependency) would give a kernel that fails much later.
 missing=0
-while IFS= read -r line; do
-  case "$line" in
-    CONFIG_*=*) grep -qx -- "$line" .config || { echo "build-kernel: option not applied: $line" >&2; missing=1; } ;;
-    "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}; ! grep -q "^$opt=" .config || { echo "build-kernel: option still set: $opt" >&2; missing=1; } ;;
-  esac
-done < "$here/kernel.config"
+# (A later fragment may set what an earlier one leaves unset.)
+for f in "${fragments[@]}"; do
+  while IFS= read -r line; do
+    case "$line" in
+      CONFIG_*=*) grep -qx -- "$line" .config || { echo "build-kernel: option not applied: $line" >&2; missing=1; } ;;
+      "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}
+        overridden=0
+        for g in "${fragments[@]}"; do [ "$g" = "$f" ] || ! grep -q "^$opt=" "$g" || overridden=1; done
+        [ "$overridden" = 1 ] || ! grep -q "^$opt=" .config || { echo "build-kernel: option still set: $opt" >&2; missing=1; } ;;
+    esac
+  done < "$f"
+done
 [ "$missing" = 0 ] || exit 1
 jobs=$(nproc)
 # About 1 900 build steps for this config: progress as a percentage of that.

@@ -13,8 +13,9 @@ import { kvmMissing, qemuMissing, resultLine, runTest, vmexitFigures, type Resul
 
 const USAGE = `usage: npm run kvm-unit-tests -- [--vmm tsvisor|qemu] [--verbose] [--timeout S] [TEST...]
        npm run kvm-unit-tests -- --build | --list
-  TEST       a [section] of x86/unittests.cfg, or a CI-list name, run as the CI list runs it (smptest with smp 1;
-             vmexit_inl_from_qemu, vmexit_pci_mem, vmexit_pci_io: vmexit_cpuid with other test_args).
+  TEST       a [section] of x86/unittests.cfg, or a CI-list name, run as the CI list runs it (ioapic with smp 1;
+             smptest4: smptest with smp 4; vmexit_inl_from_qemu, vmexit_pci_mem, vmexit_pci_io:
+             vmexit_cpuid with other test_args).
              Default: the CI list: ${CI_TESTS.map((s) => s.name).join(' ')}
   --vmm      tsvisor (default) or qemu (qemu-system-x86_64 -accel kvm, as the suite's x86/run)
   --timeout  seconds per test, instead of the cfg's (default 90 s)

@@ -71,10 +71,10 @@ function kvmUsable() {
  * What differs between hardware KVM and kvm_pvm, so what a kvm_pvm host also
  * runs in the lane: Linux boots (CPUID, XSAVE, interrupts, user space without
  * SYSCALL completion), virtio-net over TAP from the firmware, guest commands,
- * and kvm-unit-tests. The rest (fault handling, signals, sandboxes, the API)
+ * kvm-unit-tests, and SMP (AP start-up, IPIs, PV features kvm_pvm lacks). The rest (fault handling, signals, sandboxes, the API)
  * is the VMM's own logic, the same on both.
  */
-const LANE_FILES = ['linux-boot', 'net-firmware', 'guest-command', 'kvm-unit-tests'].map((n) => `dist/test/${n}.test.js`);
+const LANE_FILES = ['linux-boot', 'net-firmware', 'guest-command', 'kvm-unit-tests', 'smp'].map((n) => `dist/test/${n}.test.js`);
 
 const ava = join(root, 'node_modules/ava/entrypoints/cli.mjs');
 /** scripts/nested-kvm.sh's status when the lane itself failed. */

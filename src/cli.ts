@@ -54,6 +54,8 @@ Options:
   --append "ARGS"       kernel command line (default for the default guest:
                         "console=ttyS0 panic=-1")
   --mem MIB             guest RAM in MiB (default 256; at most the host's RAM + swap)
+  --cpus N              vCPUs (default 1; at most 64, or KVM's limit if lower); each
+                        is a thread; the APs start when the guest sends them INIT/SIPI
   --net tap:NAME[,mac=M]  a virtio-net NIC on TAP NAME (an existing TAP you own needs
                         no root; a new one needs CAP_NET_ADMIN)
   --net tap[,mac=M]     a virtio-net NIC on a new TAP (CAP_NET_ADMIN)
@@ -109,6 +111,7 @@ const RUN_OPTIONS = {
   initrd: { type: 'string' },
   append: { type: 'string' },
   mem: { type: 'string' },
+  cpus: { type: 'string' },
   timeout: { type: 'string' },
   'host-params': { type: 'string' },
   stats: { type: 'boolean' },
@@ -205,6 +208,7 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const memMiB = positiveInt('mem', values.mem, 256);
+  const cpus = positiveInt('cpus', values.cpus, 1);
   const timeoutS = values.timeout === undefined ? undefined : positiveInt('timeout', values.timeout, 60);
   const profileMs = values.profile === undefined ? undefined : positiveInt('profile', values.profile, 50);
 
@@ -228,7 +232,7 @@ async function run(argv: string[]): Promise<number> {
   let systemMap = values['system-map'];
   if (kernel === undefined || (initrd === undefined && (command !== undefined || addFiles.length > 0))) {
     // The default guest (or its initramfs, which holds the init that runs commands).
-    const guest = defaultGuestPaths() ?? (await buildDefaultGuest());
+    const guest = defaultGuestPaths(process.env, cpus) ?? (await buildDefaultGuest(cpus));
     kernel ??= guest.kernel;
     initrd ??= guest.initrd;
     systemMap ??= guest.systemMap;
@@ -242,6 +246,7 @@ async function run(argv: string[]): Promise<number> {
     initrd: initrd ?? null,
     cmdline: cmdline ?? '',
     memMiB,
+    cpus,
     timeoutMs: timeoutS === undefined ? undefined : timeoutS * 1000,
     sampleRipMs: profileMs,
     linuxParams,

@@ -17,8 +17,16 @@ export function formatStats(s: ExitStats): string {
     table('instructions completed by tsvisor:', s.fixups),
     `unclaimed accesses: ${s.unclaimedPio} port, ${s.unclaimedMmio} MMIO\n`,
     s.syscalls ? syscallLine(s.syscalls) : '',
-    s.cpu ? `CPU: tsvisor ${s.cpu.vmmMs.toFixed(0)} ms; vCPU thread ${s.cpu.vcpu.userMs} ms user (${s.cpu.vcpu.guestMs} ms of it guest), ${s.cpu.vcpu.sysMs} ms system (KVM)\n` : '',
+    s.cpu ? `CPU: tsvisor ${s.cpu.vmmMs.toFixed(0)} ms; vCPU thread${s.vcpus ? 's' : ''} ${s.cpu.vcpu.userMs} ms user (${s.cpu.vcpu.guestMs} ms of it guest), ${s.cpu.vcpu.sysMs} ms system (KVM)\n` : '',
+    s.vcpus ? `per vCPU:\n${s.vcpus.map(vcpuLine).join('')}` : '',
   ].join('');
+}
+
+/** One vCPU's exits (its three commonest reasons) and its thread's CPU time. */
+function vcpuLine(v: NonNullable<ExitStats['vcpus']>[number]): string {
+  const top = Object.entries(v.exitsByReason).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([r, n]) => `${r} ${n}`).join(', ');
+  const cpu = v.cpu ? `; ${v.cpu.userMs} ms user (${v.cpu.guestMs} guest), ${v.cpu.sysMs} ms system` : '';
+  return `  vcpu${v.id}: ${v.totalExits} exits${top ? ` (${top})` : ''}${cpu}\n`;
 }
 
 /** SYSCALL completion (kvm_pvm) in one line: counts, and tsvisor's mean time for each. */

@@ -32,6 +32,7 @@ import { createSerialShared, Serial16550 } from './devices/serial.js';
 import { MainLoop } from './loop/main-loop.js';
 import { collectGarbage } from './util/collect-garbage.js';
 import { GuestConsole } from './console.js';
+import { createMailbox } from './vcpu/exit-forwarding.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
 
 export interface BootOptions {
@@ -43,6 +44,11 @@ export interface BootOptions {
   cmdline?: string;
   /** Guest RAM in MiB (default 256). */
   memMiB?: number;
+  /**
+   * vCPUs (`--cpus`, default 1): one KVM vCPU and one worker thread each. The
+   * first starts in the boot state; the others wait for the guest's INIT/SIPI.
+   */
+  cpus?: number;
   /** Parameters appended for Linux kernels only (a multiboot image gets its own name, a space and `cmdline`, as from QEMU). */
   linuxParams?: string[];
   /** Parameters appended for this host kind; default: `defaultHostParams` (none on hardware KVM). */
@@ -117,6 +123,8 @@ export interface BootInfo {
 }
 
 const MIN_MEM_MIB = 8;
+/** The most vCPUs tsvisor runs, below KVM's own limit: each is a thread with its own JavaScript heap. */
+export const MAX_CPUS = 64;
 
 /** Devices `--device` / BootOptions.devices can add. */
 export const DEVICE_NAMES = ['pci-testdev', 'pc-testdev'] as const;
@@ -148,13 +156,20 @@ function readInput(what: string, value: string | Uint8Array): Uint8Array {
  */
 const CONSOLE_COALESCE_MS = 16;
 
+/** One vCPU as the main thread holds it: its worker thread, control words and kvm_run (for kicks). */
+interface VcpuThread {
+  vcpu: Vcpu;
+  worker: Worker;
+  control: Int32Array;
+  /** The worker's end, once it has reported (or died). */
+  end?: VcpuExitMessage;
+}
+
 export class Vm {
   readonly console: GuestConsole;
   readonly exited: Promise<VmExit>;
   readonly info: BootInfo;
-  private readonly worker: Worker;
-  private readonly control: Int32Array;
-  private readonly runPage: DataView;
+  private readonly threads: VcpuThread[];
   private readonly runPageSize: number;
   private finished = false;
   private timers: NodeJS.Timeout[] = [];
@@ -162,9 +177,9 @@ export class Vm {
   private constructor(
     private readonly kvm: Kvm,
     private readonly kvmVm: KvmVm,
-    private readonly vcpu: Vcpu,
+    vcpus: Vcpu[],
     private readonly ram: { address: bigint; size: number },
-    workerData: VcpuWorkerData,
+    workerData: VcpuWorkerData[],
     serial: Serial16550,
     private readonly loop: MainLoop,
     info: BootInfo,
@@ -173,11 +188,9 @@ export class Vm {
     private readonly releaseDevices: () => void = () => {},
   ) {
     this.info = info;
-    this.control = new Int32Array(workerData.control);
     // A bottom half or fd callback that throws is a bug in tsvisor: stop the guest, report it, release everything.
     loop.onFault = (e, where) => this.stopOnBug(e, where);
-    this.runPage = vcpu.run;
-    this.runPageSize = workerData.mmapSize;
+    this.runPageSize = workerData[0].mmapSize;
     this.console = new GuestConsole((bytes) => {
       let off = 0;
       off += serial.receive(bytes);
@@ -199,10 +212,24 @@ export class Vm {
     };
     const drainBh = loop.newBh('console', () => { drainTimer ??= setTimeout(drainSoon, CONSOLE_COALESCE_MS); });
     const consoleBell = loop.newDoorbell('console', drainBh);
-    workerData.consoleDoorbellFd = consoleBell.fd;
-    this.worker = new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData });
     native().installKickHandler();
+    this.threads = vcpus.map((vcpu, i) => {
+      const data = { ...workerData[i], consoleDoorbellFd: consoleBell.fd };
+      return { vcpu, worker: new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData: data }), control: new Int32Array(data.control) };
+    });
     this.exited = new Promise<VmExit>((resolve) => {
+      // The run ends with the first vCPU whose loop ends (the BSP's, unless an AP
+      // triple-faults or fails); the others are stopped, and the run reports once all have.
+      let first: VcpuExitMessage | undefined;
+      const reported = (t: VcpuThread, m: VcpuExitMessage) => {
+        if (t.end) return;
+        t.end = m;
+        if (!first) {
+          first = m;
+          this.stopVcpus();
+        }
+        if (this.threads.every((x) => x.end)) done({ ...first, stats: mergeStats(this.threads.map((x) => x.end!.stats)) });
+      };
       const done = (m: VcpuExitMessage) => {
         if (this.finished) return;
         this.finished = true;
@@ -227,28 +254,24 @@ export class Vm {
         }
         resolve({ status: exitStatusOf(m.kind, m.code), kind: m.kind, code: m.code, reason: m.message, stats: m.stats, net });
       };
-      this.worker.on('message', (m: VcpuExitMessage) => {
-        // A stop the VMM asked for keeps its reason, and where the vCPU was.
-        if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: `${this.pendingMessage}${/ \(the vCPU was .*\)$/.exec(m.message)?.[0] ?? ''}` };
-        done(m);
-      });
-      this.worker.on('error', (e) => done({ type: 'exit', kind: 'vmm-bug', message: bugReport('the vCPU thread', e), stats: emptyStats() }));
-      this.worker.on('exit', () => done({ type: 'exit', kind: 'error', message: 'vCPU thread ended without reporting', stats: emptyStats() }));
+      for (const t of this.threads) {
+        t.worker.on('message', (m: VcpuExitMessage) => {
+          // A stop the VMM asked for keeps its reason, and where the vCPU was.
+          if (this.pendingKind && m.kind === 'stopped') m = { ...m, kind: this.pendingKind, message: `${this.pendingMessage}${/ \(the vCPU was .*\)$/.exec(m.message)?.[0] ?? ''}` };
+          reported(t, m);
+        });
+        t.worker.on('error', (e) => reported(t, { type: 'exit', kind: 'vmm-bug', message: bugReport('the vCPU thread', e), stats: emptyStats() }));
+        t.worker.on('exit', () => reported(t, { type: 'exit', kind: 'error', message: 'vCPU thread ended without reporting', stats: emptyStats() }));
+      }
     });
     if (opts.timeoutMs) {
       const t = setTimeout(() => this.requestStop('timeout', `no exit within ${opts.timeoutMs} ms (--timeout)`), opts.timeoutMs);
       this.timers.push(t);
     }
     // Notice a guest that halted for good (Linux's power-off without ACPI).
-    this.timers.push(setInterval(() => {
-      Atomics.store(this.control, CONTROL_CHECK_HALT, 1);
-      this.kick();
-    }, HALT_CHECK_MS));
+    this.timers.push(setInterval(() => this.kickAll(CONTROL_CHECK_HALT), HALT_CHECK_MS));
     if (opts.sampleRipMs) {
-      const t = setInterval(() => {
-        Atomics.store(this.control, CONTROL_SAMPLE, 1);
-        this.kick();
-      }, opts.sampleRipMs);
+      const t = setInterval(() => this.kickAll(CONTROL_SAMPLE), opts.sampleRipMs);
       this.timers.push(t);
     }
   }
@@ -260,6 +283,8 @@ export class Vm {
     const memMiB = opts.memMiB ?? 256;
     if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) throw new TsvisorError(`--mem ${memMiB} is too small`, 2, `give at least ${MIN_MEM_MIB} MiB`);
     const memBytes = memMiB * MiB;
+    const cpus = opts.cpus ?? 1;
+    if (!Number.isInteger(cpus) || cpus < 1) throw usageError(`--cpus ${String(cpus)} is not a number of vCPUs`, 'write a whole number from 1, e.g. --cpus 2');
     const hostBytes = hostMemoryBytes();
     if (hostBytes > 0 && memBytes > hostBytes)
       throw new TsvisorError(`--mem ${memMiB} is more than this host has (${Math.floor(hostBytes / MiB)} MiB of RAM and swap)`, 2, 'lower --mem');
@@ -301,6 +326,10 @@ export class Vm {
         KVM_CAP_EXT_CPUID: abi.KVM_CAP_EXT_CPUID, KVM_CAP_PIT2: abi.KVM_CAP_PIT2, KVM_CAP_VCPU_EVENTS: abi.KVM_CAP_VCPU_EVENTS,
         KVM_CAP_IMMEDIATE_EXIT: abi.KVM_CAP_IMMEDIATE_EXIT,
       });
+      // KVM's limit (MAX_VCPUS, or NR_VCPUS on kernels without it; 4 if neither answers, as the API says).
+      const kvmMax = kvm.checkExtension(abi.KVM_CAP_MAX_VCPUS) || kvm.checkExtension(abi.KVM_CAP_NR_VCPUS) || 4;
+      const maxCpus = Math.min(kvmMax, MAX_CPUS);
+      if (cpus > maxCpus) throw usageError(`--cpus ${cpus} is more than tsvisor runs here (at most ${maxCpus}: KVM allows ${kvmMax}, tsvisor ${MAX_CPUS})`, `give --cpus ${maxCpus} or fewer`);
       const vm = new KvmVm(kvm);
       undo.push(() => vm.close());
       // Guest RAM: one anonymous shared mapping, registered in slots of at most 2 GiB
@@ -356,12 +385,18 @@ export class Vm {
         devices.push(d.spec);
       });
 
-      const vcpuFd = vm.createVcpuFd(0);
-      undo.push(() => libc.close(vcpuFd));
+      // vCPU 0 is the boot processor (KVM's default BSP); with the in-kernel LAPIC the others wait for INIT/SIPI.
       const mmapSize = kvm.vcpuMmapSize();
-      const vcpu = new Vcpu(vcpuFd, mmapSize);
-      undo.push(() => libc.munmap(vcpu.runAddress, mmapSize));
-      const tscKhz = Math.max(0, libc.ioctl(vcpuFd, abi.KVM_GET_TSC_KHZ, 0));
+      const vcpus: Vcpu[] = [];
+      for (let id = 0; id < cpus; id++) {
+        const fd = vm.createVcpuFd(id);
+        undo.push(() => libc.close(fd));
+        const v = new Vcpu(fd, mmapSize);
+        undo.push(() => libc.munmap(v.runAddress, mmapSize));
+        vcpus.push(v);
+      }
+      const vcpu = vcpus[0];
+      const tscKhz = Math.max(0, libc.ioctl(vcpu.fd, abi.KVM_GET_TSC_KHZ, 0));
 
       // Load the kernel by what it is.
       let cpu: BootCpuState;
@@ -379,7 +414,7 @@ export class Vm {
         cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
         const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
         writeMpTable(mem, MPTABLE_ADDR, {
-          cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
+          cpus, cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
           pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
         });
         info = { format: kernel.format, compression: kernel.compression, cmdline, hostKind: kvm.hostKind, hostParams, memMiB, tscKhz };
@@ -387,14 +422,18 @@ export class Vm {
       const acpi = (opts.acpi ?? 'auto') !== 'off';
 
       // In the BIOS area below the MP table, where a guest scans for the RSDP.
-      if (acpi) writeAcpiTables(mem, BIOS_AREA_START, { apicIds: [0] });
+      if (acpi) writeAcpiTables(mem, BIOS_AREA_START, { apicIds: vcpus.map((_v, id) => id) });
 
-      const cpuid = vcpuCpuid(kvm.supportedCpuid(), 0, kvm.hostKind);
-      vcpu.setCpuid(cpuid);
-      // XCR0 as the guest will set it, so that KVM's copy agrees even where the XSETBV exit is lost (bootXcr0 says why).
-      const xcr0 = bootXcr0(cpuid, kvm.hostKind);
-      if (xcr0 !== null) kvm.setVcpuXcr0(vcpuFd, xcr0);
-      vcpu.setupLapicLints();
+      vcpus.forEach((v, id) => {
+        // Each vCPU's CPUID names its own APIC id (= KVM's vCPU id).
+        const cpuid = vcpuCpuid(kvm.supportedCpuid(), id, kvm.hostKind, cpus);
+        v.setCpuid(cpuid);
+        // XCR0 as the guest will set it, so that KVM's copy agrees even where the XSETBV exit is lost (bootXcr0 says why).
+        const xcr0 = bootXcr0(cpuid, kvm.hostKind);
+        if (xcr0 !== null) kvm.setVcpuXcr0(v.fd, xcr0);
+        // LINT0 ExtINT and LINT1 NMI on every LAPIC, as the MP table says (kvmtool does the same); Linux reprograms the APs'.
+        v.setupLapicLints();
+      });
       vcpu.setSregs(cpu.sregs);
       vcpu.setRegs(cpu.regs);
 
@@ -405,18 +444,25 @@ export class Vm {
       undo.push(() => loop.close());
       // The NIC's data path runs on this loop; its doorbell fds go to the worker in the device spec.
       netSetup?.start(loop, mem, vm);
-      const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
-      const data: VcpuWorkerData = {
-        vcpuFd, vmFd: vm.fd, mmapSize, ram, serial: serialShared, control, consoleDoorbellFd: -1, hostKind: kvm.hostKind, devices,
-        syscallCompletion: opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm'),
-        // Every guest gets fw_cfg, as under QEMU (kvm-unit-tests needs its CPU count).
-        acpi,
-        pcTestdev: extraDevices.includes('pc-testdev'),
-        fwCfg: fwCfgItems({ ramBytes: memBytes, cpus: 1, files: fwCfgFiles }),
-      };
+      const bspControl = new SharedArrayBuffer(CONTROL_WORDS * 4);
+      const smp = cpus > 1 ? { mailbox: createMailbox(cpus), bspVcpuFd: vcpu.fd, bspControl } : undefined;
+      const syscallCompletion = opts.syscallCompletion === 'on' || ((opts.syscallCompletion ?? 'auto') === 'auto' && kvm.hostKind === 'kvm_pvm');
+      const data: VcpuWorkerData[] = vcpus.map((v, id) => ({
+        vcpuId: id, vcpuFd: v.fd, vmFd: vm.fd, mmapSize, ram, serial: serialShared,
+        control: id === 0 ? bspControl : new SharedArrayBuffer(CONTROL_WORDS * 4),
+        consoleDoorbellFd: -1, hostKind: kvm.hostKind, syscallCompletion, smp,
+        // The devices: on the BSP's thread only (src/vcpu/exit-forwarding.ts).
+        ...(id === 0 ? {
+          devices,
+          acpi,
+          pcTestdev: extraDevices.includes('pc-testdev'),
+          // Every guest gets fw_cfg, as under QEMU (kvm-unit-tests needs its CPU count).
+          fwCfg: fwCfgItems({ ramBytes: memBytes, cpus, files: fwCfgFiles }),
+        } : {}),
+      }));
       // Once boot() has returned, its copies of the kernel and initrd are garbage: collect them then.
       setImmediate(collectGarbage);
-      return new Vm(kvm, vm, vcpu, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));
+      return new Vm(kvm, vm, vcpus, { address: ramAddress, size: memBytes }, data, serial, loop, info, opts, netSetup, () => deviceClosers.forEach((close) => close()));
     } catch (e) {
       for (const release of undo.reverse()) {
         try {
@@ -429,11 +475,19 @@ export class Vm {
     }
   }
 
-  private kick(): void {
-    const tid = Atomics.load(this.control, CONTROL_TID);
-    if (tid <= 0 || this.finished) return;
-    this.runPage.setUint8(abi.RUN.immediate_exit, 1);
+  private kick(t: VcpuThread): void {
+    const tid = Atomics.load(t.control, CONTROL_TID);
+    if (tid <= 0 || this.finished || t.end) return;
+    t.vcpu.run.setUint8(abi.RUN.immediate_exit, 1);
     native().kickThread(tid);
+  }
+
+  /** Sets a control word of every vCPU and kicks them all to look at it. */
+  private kickAll(word: number): void {
+    for (const t of this.threads) {
+      Atomics.store(t.control, word, 1);
+      this.kick(t);
+    }
   }
 
   private requestStop(kind: ExitKind, message: string): void {
@@ -442,14 +496,20 @@ export class Vm {
       this.pendingKind = kind;
       this.pendingMessage = message;
     }
-    Atomics.store(this.control, CONTROL_STOP, 1);
-    // Kick until the worker leaves the loop (a kick can land before it enters KVM_RUN).
-    const tryKick = () => {
-      if (this.finished) return;
-      this.kick();
-      if (Atomics.load(this.control, CONTROL_RUNNING) !== 0 || Atomics.load(this.control, CONTROL_TID) === 0) this.timers.push(setTimeout(tryKick, 20));
-    };
-    tryKick();
+    this.stopVcpus();
+  }
+
+  /** Tells every vCPU to leave its loop, and kicks each until it has (a kick can land before it enters KVM_RUN). */
+  private stopVcpus(): void {
+    for (const t of this.threads) {
+      Atomics.store(t.control, CONTROL_STOP, 1);
+      const tryKick = () => {
+        if (this.finished || t.end) return;
+        this.kick(t);
+        if (Atomics.load(t.control, CONTROL_RUNNING) !== 0 || Atomics.load(t.control, CONTROL_TID) === 0) this.timers.push(setTimeout(tryKick, 20));
+      };
+      tryKick();
+    }
   }
 
   /**
@@ -472,16 +532,63 @@ export class Vm {
   }
 
   private release(): void {
-    void this.worker.terminate();
+    for (const t of this.threads) void t.worker.terminate();
     this.netSetup?.close();
     this.releaseDevices();
     this.loop.close();
-    libc.munmap(this.vcpu.runAddress, this.runPageSize);
-    libc.close(this.vcpu.fd);
+    for (const t of this.threads) {
+      libc.munmap(t.vcpu.runAddress, this.runPageSize);
+      libc.close(t.vcpu.fd);
+    }
     this.kvmVm.close();
     this.kvm.close();
     libc.munmap(this.ram.address, this.ram.size);
   }
+}
+
+/**
+ * One run's statistics from every vCPU's: exits and fix-ups summed, the
+ * per-port and per-region counts from the BSP (whose buses also count the
+ * APs' forwarded accesses), CPU time summed over the vCPU threads, and each
+ * vCPU's own exits under `vcpus`.
+ */
+function mergeStats(all: ExitStats[]): ExitStats {
+  const [bsp, ...aps] = all;
+  if (aps.length === 0) return bsp;
+  const sum = (maps: Array<Record<string, number> | undefined>) => {
+    const out: Record<string, number> = {};
+    for (const m of maps) for (const [k, n] of Object.entries(m ?? {})) out[k] = (out[k] ?? 0) + n;
+    return out;
+  };
+  const merged: ExitStats = {
+    ...bsp,
+    exitsByReason: sum(all.map((s) => s.exitsByReason)),
+    fixups: sum(all.map((s) => s.fixups)),
+    totalExits: all.reduce((n, s) => n + s.totalExits, 0),
+    ripSamples: all.some((s) => s.ripSamples) ? sum(all.map((s) => s.ripSamples)) : undefined,
+    vcpus: all.map((s, id) => ({ id, totalExits: s.totalExits, exitsByReason: s.exitsByReason, cpu: s.cpu?.vcpu })),
+  };
+  if (all.every((s) => s.cpu)) {
+    const vcpu = { userMs: 0, sysMs: 0, guestMs: 0 };
+    for (const s of all) {
+      vcpu.userMs += s.cpu!.vcpu.userMs;
+      vcpu.sysMs += s.cpu!.vcpu.sysMs;
+      vcpu.guestMs += s.cpu!.vcpu.guestMs;
+    }
+    merged.cpu = { ...bsp.cpu!, vcpu };
+  }
+  if (aps.some((s) => s.syscalls) && bsp.syscalls) {
+    const sc = { ...bsp.syscalls };
+    for (const s of aps) {
+      if (!s.syscalls) continue;
+      sc.completed += s.syscalls.completed;
+      sc.faultsStepped += s.syscalls.faultsStepped;
+      sc.debugReinjected += s.syscalls.debugReinjected;
+      sc.handlerChanges += s.syscalls.handlerChanges;
+    }
+    merged.syscalls = sc;
+  }
+  return merged;
 }
 
 function emptyStats(): ExitStats {

@@ -136,6 +136,7 @@ test('MADT: one enabled LAPIC per processor, the IOAPIC, IRQ 0 → GSI 2, the SC
   t.deepEqual(lapics.map((e) => [e[2], e[3], e[4] & 1]), [[0, 0, 1], [1, 1, 1], [2, 2, 1], [3, 3, 1]]);
   const ioapic = entries.find((e) => e[0] === 1)!;
   t.is(new DataView(Uint8Array.from(ioapic).buffer).getUint32(4, true), IOAPIC_ADDR);
+  t.is(ioapic[2], 4, 'the IOAPIC id is the first no LAPIC has');
   const overrides = entries.filter((e) => e[0] === 2).map((e) => ({ irq: e[3], gsi: e[4], flags: e[8] }));
   t.deepEqual(overrides, [{ irq: 0, gsi: 2, flags: 0 }, { irq: 9, gsi: 9, flags: 0x0d }]);
   t.truthy(entries.find((e) => e[0] === 4 && e[5] === 1), 'LINT1 is NMI');

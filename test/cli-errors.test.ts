@@ -190,6 +190,16 @@ for (const value of ['abc', '0', '-5', '1.5']) {
   });
 }
 
+for (const value of ['abc', '0', '-2', '1.5']) {
+  test(`--cpus ${value}: status 2, the option and value, and an example`, async (t) => {
+    oneLine(t, await tsvisor(['--kernel', vmlinux, '--cpus', value]), 2, `--cpus ${value} is not a positive whole number`, 'for example --cpus 1');
+  });
+}
+
+kvmTest('--cpus 1000 (more than tsvisor runs): status 2, both limits, and how many to give', async (t) => {
+  oneLine(t, await tsvisor(['--kernel', vmlinux, '--cpus', '1000']), 2, /--cpus 1000 is more than tsvisor runs here \(at most \d+: KVM allows \d+, tsvisor 64\)/, /give --cpus \d+ or fewer/);
+});
+
 test('--mem 100000000 (more than the host has): status 2, the host\'s memory, and "lower --mem"', async (t) => {
   oneLine(t, await tsvisor(['--kernel', vmlinux, '--mem', '100000000']), 2, /--mem 100000000 is more than this host has \(\d+ MiB of RAM and swap\)/, 'lower --mem');
 });

@@ -128,3 +128,27 @@ test('bootXcr0: every component of 0xD.0 after reconciling; none on kvm_pvm or w
   d(noXsave, 1).ecx &= ~(XSAVE | OSXSAVE);
   t.is(bootXcr0(vcpuCpuid(noXsave, 0, 'hardware'), 'hardware'), null);
 });
+
+test('several vCPUs: one package of N single-thread cores in every topology leaf, each vCPU with its own APIC id', (t) => {
+  // A host's leaves as KVM passes them: 2 threads per core, 16 cores (leaf 0xB), AMD's 0x80000008 and 0x8000001E.
+  const table = [...laneTable(), e(4, 0, 0x1c004121, 0, 0, 0), e(4, 3, 0x1c03c163, 0, 0, 0), e(0xb, 0, 1, 2, 0x100, 0), e(0xb, 1, 5, 32, 0x201, 0), e(0xb, 2, 0, 0, 2, 0),
+    e(0x80000008, 0, 0x3030, 0, 0x701f, 0), e(0x8000001e, 0, 0, 0x101, 0, 0)];
+  const cpus = 3;
+  for (let id = 0; id < cpus; id++) {
+    const out = vcpuCpuid(table, id, 'hardware', cpus);
+    t.is(d(out, 1).ebx >>> 24, id, 'initial APIC id');
+    t.is((d(out, 1).ebx >>> 16) & 0xff, 4, 'addressable ids in the package: 3 rounded up to a power of two');
+    t.truthy(d(out, 1).edx & (1 << 28), 'HTT: more than one logical processor');
+    t.deepEqual([d(out, 0xb, 0).eax, d(out, 0xb, 0).ebx, d(out, 0xb, 0).ecx & 0xff00, d(out, 0xb, 0).edx], [0, 1, 0x100, id], 'SMT level: one thread, no id bits');
+    t.deepEqual([d(out, 0xb, 1).eax, d(out, 0xb, 1).ebx, d(out, 0xb, 1).ecx & 0xff00, d(out, 0xb, 1).edx], [2, cpus, 0x200, id], 'core level: 2 id bits, 3 processors');
+    t.is(d(out, 0xb, 2).ecx & 0xff00, 0, 'no further level');
+    t.is(d(out, 4, 0).eax >>> 26, 3, 'leaf 4: cores per package - 1');
+    t.is((d(out, 4, 0).eax >>> 14) & 0xfff, 0, 'L1 is private');
+    t.is((d(out, 4, 3).eax >>> 14) & 0xfff, 3, 'L3 is shared by the package');
+    t.is(d(out, 0x80000008).ecx & 0xff, cpus - 1, 'AMD NC');
+    t.is((d(out, 0x80000008).ecx >>> 12) & 0xf, 2, 'AMD ApicIdCoreIdSize');
+    t.deepEqual([d(out, 0x8000001e).eax, d(out, 0x8000001e).ebx], [id, id], 'AMD extended APIC id and core id, one thread per core');
+  }
+  // One vCPU keeps KVM's table as it is (the path every single-vCPU run took before).
+  t.deepEqual(d(vcpuCpuid(table, 0, 'hardware', 1), 0xb, 1), d(table, 0xb, 1));
+});

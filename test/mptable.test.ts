@@ -87,8 +87,25 @@ test('MP table: floating pointer and configuration table parse back with good ch
   t.deepEqual(lints, [[3, 0xff, 0], [1, 0xff, 1]], 'ExtINT on LINT0, NMI on LINT1');
 });
 
+test('MP table with 4 processors: LAPIC ids 0-3, only 0 the boot processor, the IOAPIC id after them, every interrupt routed to it', (t) => {
+  const mem = GuestMemory.fake(1 << 20);
+  const n = writeMpTable(mem, MPTABLE_ADDR, { cpus: 4, cpuSignature: 0x000806f8, cpuFeatures: 0x178bfbff, pciIrqs: [{ slot: 4, pin: 1, gsi: pciIntxGsi(4) }] });
+  t.is(n, mpTableSize(1, 4));
+  const p = parse(mem);
+  t.is(p.checksum, 0);
+  t.is(p.count, p.entries.length);
+  const cpus = p.entries.filter((e) => e.type === MP_PROCESSOR).map((e) => [e.bytes[1], e.bytes[3]]);
+  t.deepEqual(cpus, [[0, 3], [1, 1], [2, 1], [3, 1]], 'ids 0-3, all enabled, 0 the BSP');
+  const io = p.entries.find((e) => e.type === MP_IOAPIC)!.bytes;
+  t.is(io[1], 4);
+  const dests = new Set(p.entries.filter((e) => e.type === MP_INTSRC).map((e) => e.bytes[6]));
+  t.deepEqual([...dests], [4], 'every I/O interrupt names that IOAPIC');
+  t.throws(() => writeMpTable(mem, MPTABLE_ADDR, { cpus: 0, cpuSignature: 0, cpuFeatures: 0, pciIrqs: [] }), { message: /processors/ });
+  t.throws(() => writeMpTable(mem, MPTABLE_ADDR, { cpus: 255, cpuSignature: 0, cpuFeatures: 0, pciIrqs: [] }), { message: /processors/ });
+});
+
 test('MP table lies in the e820-reserved BIOS area', (t) => {
-  const size = mpTableSize(8);
+  const size = mpTableSize(8, 64);
   const r = e820Map(256 << 20).find((e) => e.type === E820_RESERVED && e.addr <= MPTABLE_ADDR && MPTABLE_ADDR + size <= e.addr + e.size);
   t.truthy(r);
 });

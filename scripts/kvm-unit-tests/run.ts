@@ -92,7 +92,7 @@ export function vmmArgv(vmm: Vmm, suiteDir: string, t: CfgTest, timeoutS: number
     const device = tsvisorHasDevice() ? ['--device', 'pci-testdev', '--device', 'pc-testdev'] : [];
     if (!device.length) ignored.push('-device pci-testdev -device pc-testdev (tsvisor run has no --device)');
     return {
-      argv: [process.execPath, TSVISOR_CLI, 'run', '--kernel', kernel, ...(args ? ['--append', args] : []), '--mem', String(MEM_MIB), '--timeout', String(timeoutS), ...device, '--pit-reinject', 'off'],
+      argv: [process.execPath, TSVISOR_CLI, 'run', '--kernel', kernel, ...(args ? ['--append', args] : []), '--mem', String(MEM_MIB), '--cpus', String(t.smp), '--timeout', String(timeoutS), ...device, '--pit-reinject', 'off'],
       ignored,
     };
   }
@@ -107,7 +107,7 @@ export function vmmArgv(vmm: Vmm, suiteDir: string, t: CfgTest, timeoutS: number
   };
 }
 
-/** Why the suite (or tsvisor's one vCPU) skips this test before running it, as runtime.bash's run() checks; or null. */
+/** Why the suite skips this test before running it, as runtime.bash's run() checks; or null. */
 export function skipReason(vmm: Vmm, suiteDir: string, t: CfgTest): string | null {
   if (t.groups.includes('nodefault')) return 'test marked as manual run only';
   if (t.arch && t.arch !== 'x86_64') return `${t.arch} only`;
@@ -125,7 +125,6 @@ export function skipReason(vmm: Vmm, suiteDir: string, t: CfgTest): string | nul
     if (v !== c.slice(eq + 1)) return `${path} not equal to ${c.slice(eq + 1)}`;
   }
   if (!existsSync(join(suiteDir, t.file))) return `Test file '${t.file}' not found`;
-  if (vmm === 'tsvisor' && t.smp > 1) return `needs smp ${t.smp}; tsvisor has one vCPU`;
   return null;
 }
 

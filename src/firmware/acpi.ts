@@ -8,7 +8,7 @@
 // with its windows and INTx routing, all constant data (src/firmware/aml.ts).
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START } from '../boot/layout.js';
-import { MP_IOAPIC_ID } from './mptable.js';
+import { ioapicId } from './mptable.js';
 import { type Aml, device, dwordMemory, eisaId, integer, ioPorts, name, pkg, resourceTemplate, scope, wordBusNumber, wordIo } from './aml.js';
 import { PCI_CONFIG_ADDRESS, PCI_INTX_GSI_BASE, PCI_MAX_SLOTS } from '../devices/pci/pci-bus.js';
 import { ACPI_PM_BASE, PM1_CNT_OFFSET, PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_OFFSET, PM_TMR_LEN, SCI_IRQ, SLP_TYP_S5 } from '../devices/acpi-pm.js';
@@ -156,7 +156,7 @@ function madt(o: AcpiOptions): Table {
   const entries: number[][] = [];
   o.apicIds.forEach((id, i) => entries.push([0, 8, i, id, 1, 0, 0, 0])); // Processor Local APIC, enabled
   const io = IOAPIC_ADDR;
-  entries.push([1, 12, MP_IOAPIC_ID, 0, io & 0xff, (io >>> 8) & 0xff, (io >>> 16) & 0xff, io >>> 24, 0, 0, 0, 0]);
+  entries.push([1, 12, ioapicId(o.apicIds.length), 0, io & 0xff, (io >>> 8) & 0xff, (io >>> 16) & 0xff, io >>> 24, 0, 0, 0, 0]);
   entries.push([2, 10, 0, 0, 2, 0, 0, 0, 0, 0]); // ISA IRQ 0 → GSI 2, bus-conforming
   entries.push([2, 10, 0, SCI_IRQ, SCI_IRQ, 0, 0, 0, 0x0d, 0]); // SCI: active high, level
   entries.push([4, 6, 0xff, 0, 0, 1]); // Local APIC NMI: every processor, LINT1

@@ -4,9 +4,10 @@
 // arch/x86/kernel/mpparse.c when it finds no ACPI tables.
 //
 // What it describes (and what tsvisor wires up to match):
-// - one processor: LAPIC id 0, the boot processor, at LAPIC_ADDR;
+// - `cpus` processors, LAPIC ids 0…cpus-1 (0 is the boot processor), at LAPIC_ADDR;
 // - bus 0 = PCI, bus 1 = ISA;
-// - one IOAPIC, id 1 (≠ any LAPIC id), version 0x11, at IOAPIC_ADDR, 24 pins;
+// - one IOAPIC, id `ioapicId(cpus)` (the first id after the LAPICs', as kvmtool
+//   numbers it), version 0x11, at IOAPIC_ADDR, 24 pins;
 // - ISA IRQ 0 (the PIT) on pin 2, ISA IRQs 1 and 3-15 on the pin of the same
 //   number (edge, active high: "conforms to bus");
 // - each PCI device's INTA# on its pin (level, active low), see pciIntxGsi;
@@ -47,7 +48,10 @@ export const MP_IRQTRIG_LEVEL = 3 << 2;
 
 export const MP_BUS_PCI = 0;
 export const MP_BUS_ISA = 1;
-export const MP_IOAPIC_ID = 1;
+/** The IOAPIC's id in the MP table and the MADT: the first one no LAPIC has (1 with one vCPU, as before). */
+export function ioapicId(cpus: number): number {
+  return Math.max(1, cpus);
+}
 export const MP_IOAPIC_VERSION = 0x11;
 export const MP_LAPIC_VERSION = 0x14;
 export const IOAPIC_PINS = 24;
@@ -66,16 +70,21 @@ export interface MpTableOptions {
   cpuSignature: number;
   cpuFeatures: number;
   pciIrqs: MpPciIrq[];
+  /** Processors (LAPIC ids 0…cpus-1, 0 the boot processor); default 1. */
+  cpus?: number;
 }
 
 /** Bytes the table takes for `nPci` PCI interrupt entries. */
-export function mpTableSize(nPci: number): number {
-  return MPF_SIZE + MPC_HEADER_SIZE + PROCESSOR_SIZE + 2 * ENTRY_SIZE + ENTRY_SIZE + (15 + nPci) * ENTRY_SIZE + 2 * ENTRY_SIZE;
+export function mpTableSize(nPci: number, cpus = 1): number {
+  return MPF_SIZE + MPC_HEADER_SIZE + cpus * PROCESSOR_SIZE + 2 * ENTRY_SIZE + ENTRY_SIZE + (15 + nPci) * ENTRY_SIZE + 2 * ENTRY_SIZE;
 }
 
 /** Builds the floating pointer and configuration table; the floating pointer at offset 0, the table right after it. */
 export function buildMpTable(base: number, opts: MpTableOptions): Uint8Array {
-  const bytes = new Uint8Array(mpTableSize(opts.pciIrqs.length));
+  const cpus = opts.cpus ?? 1;
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 254) throw new RangeError(`${cpus} processors do not fit an MP table (1-254)`);
+  const ioapic = ioapicId(cpus);
+  const bytes = new Uint8Array(mpTableSize(opts.pciIrqs.length, cpus));
   const dv = new DataView(bytes.buffer);
   const mpc = MPF_SIZE;
 
@@ -89,15 +98,17 @@ export function buildMpTable(base: number, opts: MpTableOptions): Uint8Array {
 
   let o = mpc + MPC_HEADER_SIZE;
   let count = 0;
-  // Processor.
-  bytes[o] = MP_PROCESSOR;
-  bytes[o + 1] = 0;                          // LAPIC id
-  bytes[o + 2] = MP_LAPIC_VERSION;
-  bytes[o + 3] = CPU_ENABLED | CPU_BOOTPROCESSOR;
-  dv.setUint32(o + 4, opts.cpuSignature >>> 0, true);
-  dv.setUint32(o + 8, opts.cpuFeatures >>> 0, true);
-  o += PROCESSOR_SIZE;
-  count++;
+  // Processors: LAPIC id = KVM's vCPU id.
+  for (let id = 0; id < cpus; id++) {
+    bytes[o] = MP_PROCESSOR;
+    bytes[o + 1] = id;                         // LAPIC id
+    bytes[o + 2] = MP_LAPIC_VERSION;
+    bytes[o + 3] = id === 0 ? CPU_ENABLED | CPU_BOOTPROCESSOR : CPU_ENABLED;
+    dv.setUint32(o + 4, opts.cpuSignature >>> 0, true);
+    dv.setUint32(o + 8, opts.cpuFeatures >>> 0, true);
+    o += PROCESSOR_SIZE;
+    count++;
+  }
   // Buses.
   for (const [id, name] of [[MP_BUS_PCI, 'PCI   '], [MP_BUS_ISA, 'ISA   ']] as const) {
     bytes[o] = MP_BUS;
@@ -108,7 +119,7 @@ export function buildMpTable(base: number, opts: MpTableOptions): Uint8Array {
   }
   // IOAPIC.
   bytes[o] = MP_IOAPIC;
-  bytes[o + 1] = MP_IOAPIC_ID;
+  bytes[o + 1] = ioapic;
   bytes[o + 2] = MP_IOAPIC_VERSION;
   bytes[o + 3] = MPC_APIC_USABLE;
   dv.setUint32(o + 4, IOAPIC_ADDR, true);
@@ -128,12 +139,12 @@ export function buildMpTable(base: number, opts: MpTableOptions): Uint8Array {
   // ISA IRQs: 0 → pin 2, the rest identity; IRQ 2 (the cascade) has no entry.
   for (let irq = 0; irq < 16; irq++) {
     if (irq === 2) continue;
-    intsrc(MP_INT, MP_IRQPOL_DEFAULT | MP_IRQTRIG_DEFAULT, MP_BUS_ISA, irq, MP_IOAPIC_ID, irq === 0 ? 2 : irq);
+    intsrc(MP_INT, MP_IRQPOL_DEFAULT | MP_IRQTRIG_DEFAULT, MP_BUS_ISA, irq, ioapic, irq === 0 ? 2 : irq);
   }
   // PCI INTx: source bus IRQ = slot << 2 | (pin - 1).
   for (const p of opts.pciIrqs) {
     if (p.slot < 0 || p.slot > 31 || p.pin < 1 || p.pin > 4 || p.gsi < 0 || p.gsi >= IOAPIC_PINS) throw new RangeError(`bad PCI interrupt ${JSON.stringify(p)}`);
-    intsrc(MP_INT, MP_IRQPOL_ACTIVE_LOW | MP_IRQTRIG_LEVEL, MP_BUS_PCI, (p.slot << 2) | (p.pin - 1), MP_IOAPIC_ID, p.gsi);
+    intsrc(MP_INT, MP_IRQPOL_ACTIVE_LOW | MP_IRQTRIG_LEVEL, MP_BUS_PCI, (p.slot << 2) | (p.pin - 1), ioapic, p.gsi);
   }
   // Local interrupts, to every LAPIC (0xff).
   intsrc(MP_EXTINT, 0, MP_BUS_ISA, 0, 0xff, 0, MP_LINTSRC);

@@ -21,11 +21,11 @@ function packageRoot(): string {
 }
 
 /** Builds the default guest (minutes the first time) and returns its paths. */
-export async function buildDefaultGuest(): Promise<GuestPaths> {
+export async function buildDefaultGuest(cpus = 1): Promise<GuestPaths> {
   const script = join(packageRoot(), 'guest/build.sh');
   process.stderr.write('tsvisor: the default guest is not built yet: building it now (kernel and initramfs from Debian packages, cached for later runs)\n');
   const r = spawnSync('bash', [script], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const paths = defaultGuestPaths();
+  const paths = defaultGuestPaths(process.env, cpus);
   if (r.status !== 0 || !paths) {
     throw new TsvisorError(`building the default guest failed${r.error ? `: ${r.error.message}` : ''}`, 1, 'see the guest: lines above; then run npm run guest');
   }

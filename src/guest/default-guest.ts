@@ -25,14 +25,19 @@ export interface GuestPaths {
 /** Shown when `defaultGuestPaths()` is null. */
 export const DEFAULT_GUEST_MISSING = 'default guest not built: run npm run guest';
 
-/** The default guest built by guest/build.sh (`<cache>/default-guest/`), or null if it is not built. */
-export function defaultGuestPaths(env: NodeJS.ProcessEnv = process.env): GuestPaths | null {
+/**
+ * The default guest built by guest/build.sh (`<cache>/default-guest/`), or
+ * null if it is not built. With `cpus` > 1, its SMP kernel (`smp/`; the one-CPU
+ * kernel boots faster where locked instructions are emulated) and the same initramfs.
+ */
+export function defaultGuestPaths(env: NodeJS.ProcessEnv = process.env, cpus = 1): GuestPaths | null {
   const dir = join(cacheDir(env), 'default-guest');
+  const kdir = cpus > 1 ? join(dir, 'smp') : dir;
   const paths = {
-    kernel: join(dir, 'vmlinux'),
+    kernel: join(kdir, 'vmlinux'),
     initrd: join(dir, 'initramfs.cpio'),
-    systemMap: join(dir, 'System.map'),
-    bzImage: join(dir, 'bzImage'),
+    systemMap: join(kdir, 'System.map'),
+    bzImage: join(kdir, 'bzImage'),
   };
   return Object.values(paths).every((p) => existsSync(p)) ? paths : null;
 }

@@ -49,6 +49,8 @@ export const KVM_SET_VCPU_EVENTS = IOW(0xa0, 64);
 export const KVM_GET_TSC_KHZ = IO(0xa3);
 export const KVM_GET_MP_STATE = IOR(0x98, 4);
 export const KVM_SET_GUEST_DEBUG = IOW(0x9b, 72);
+export const KVM_MP_STATE_UNINITIALIZED = 1; // an AP before INIT/SIPI
+export const KVM_MP_STATE_INIT_RECEIVED = 2;
 export const KVM_MP_STATE_HALTED = 3;
 export const X86_EFLAGS_IF = 1 << 9;
 
@@ -68,6 +70,8 @@ export const KVM_CAP_PIT2 = 33;
 export const KVM_CAP_VCPU_EVENTS = 41;
 export const KVM_CAP_SIGNAL_MSI = 77;
 export const KVM_CAP_IMMEDIATE_EXIT = 136;
+export const KVM_CAP_NR_VCPUS = 9;   // vCPUs KVM recommends
+export const KVM_CAP_MAX_VCPUS = 66; // vCPUs KVM allows
 
 // Exit reasons (kvm_run.exit_reason)
 export const KVM_EXIT_UNKNOWN = 0;

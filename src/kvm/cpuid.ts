@@ -8,8 +8,11 @@ import type { CpuidEntry, HostKind } from './system.js';
 const CPUID_1_ECX_CX16 = 1 << 13;
 const CPUID_1_ECX_XSAVE = 1 << 26;
 const CPUID_1_ECX_HYPERVISOR = 1 << 31;
+/** KVM's paravirtual feature leaf, and its features that make hypercalls: PV_UNHALT (KVM_HC_KICK_CPU), PV_SEND_IPI, PV_SCHED_YIELD. */
+const KVM_CPUID_FEATURES = 0x40000001;
+const KVM_HYPERCALL_FEATURES = (1 << 7) | (1 << 11) | (1 << 13);
 
-export function vcpuCpuid(supported: CpuidEntry[], vcpuId: number, hostKind: HostKind): CpuidEntry[] {
+export function vcpuCpuid(supported: CpuidEntry[], vcpuId: number, hostKind: HostKind, cpus = 1): CpuidEntry[] {
   const out = supported.map((e) => {
     const out = { ...e };
     switch (e.function) {
@@ -29,12 +32,60 @@ export function vcpuCpuid(supported: CpuidEntry[], vcpuId: number, hostKind: Hos
         // x2APIC ID of this vCPU.
         out.edx = vcpuId;
         break;
+      case KVM_CPUID_FEATURES:
+        // kvm_pvm's emulator never completes a guest `vmcall` (it runs it again
+        // forever): no paravirtual feature that makes hypercalls. With several
+        // vCPUs Linux's PV IPIs otherwise hang the first IPI it sends.
+        if (hostKind === 'kvm_pvm') out.eax = (out.eax & ~KVM_HYPERCALL_FEATURES) >>> 0;
+        break;
     }
     return out;
   });
+  if (cpus > 1) for (const e of out) smpTopology(e, vcpuId, cpus);
   // Last, so that it sees the feature bits as the guest will.
   xsaveConsistent(out);
   return out;
+}
+
+const CPUID_1_EDX_HTT = 1 << 28;
+
+/**
+ * With several vCPUs, the topology every leaf that describes one reports:
+ * one package of `cpus` cores, one thread each, the APIC id being the core's
+ * (KVM's vCPU id). Host values would describe the host's topology, against
+ * the APIC ids the MP table and MADT give. (One vCPU keeps KVM's table as it is.)
+ */
+function smpTopology(e: CpuidEntry, id: number, cpus: number): void {
+  // Bits of the APIC id that number the cores.
+  const coreBits = Math.ceil(Math.log2(cpus));
+  switch (e.function) {
+    case 1:
+      // Addressable logical processor ids in the package, and "more than one".
+      e.ebx = ((e.ebx & 0xff00ffff) | ((1 << coreBits) << 16)) >>> 0;
+      e.edx = (e.edx | CPUID_1_EDX_HTT) >>> 0;
+      break;
+    case 4:
+      // Intel's cache leaf: cores per package - 1 in EAX[31:26]; L1/L2 private to a core, L3 shared.
+      if ((e.eax & 0x1f) === 0) break;
+      e.eax = ((e.eax & 0x3fff) | (((e.eax >>> 5) & 7) === 3 ? ((1 << coreBits) - 1) << 14 : 0) | (((1 << coreBits) - 1) << 26)) >>> 0;
+      break;
+    case 0xb:
+    case 0x1f:
+      // Level 0 (SMT): one thread, no bits; level 1 (core): `coreBits` bits, `cpus` processors; no more levels.
+      if (e.index === 0) Object.assign(e, { eax: 0, ebx: 1, ecx: (1 << 8) | 0 });
+      else if (e.index === 1) Object.assign(e, { eax: coreBits, ebx: cpus, ecx: (2 << 8) | 1 });
+      else Object.assign(e, { eax: 0, ebx: 0, ecx: e.index & 0xff });
+      e.edx = id;
+      break;
+    case 0x80000008:
+      // AMD: cores in the package - 1, and the APIC id bits that number them.
+      e.ecx = ((e.ecx & ~0xf0ff) | (cpus - 1) | (coreBits << 12)) >>> 0;
+      break;
+    case 0x8000001e:
+      // AMD: extended APIC id, core id (one thread per core), one node.
+      Object.assign(e, { eax: id, ebx: id & 0xff, ecx: 0 });
+      break;
+  }
 }
 
 /*

@@ -7,6 +7,8 @@ import type { FwCfgItem } from '../devices/fw-cfg.js';
 import type { ThreadCpu } from '../util/thread-cpu.js';
 
 export interface VcpuWorkerData {
+  /** KVM's vCPU id, also its APIC id: 0 is the boot processor, whose thread owns the devices. */
+  vcpuId: number;
   vcpuFd: number;
   vmFd: number;
   mmapSize: number;
@@ -30,6 +32,12 @@ export interface VcpuWorkerData {
   acpi?: boolean;
   /** QEMU's ISA test device (`--device pc-testdev`, src/devices/pc-testdev.ts) on this thread's buses. */
   pcTestdev?: boolean;
+  /**
+   * With several vCPUs: the mailbox through which the APs' device exits reach
+   * the BSP's thread (src/vcpu/exit-forwarding.ts), and, for an AP, the BSP's
+   * vCPU fd (to map its kvm_run for kicks) and control words (its thread id).
+   */
+  smp?: { mailbox: SharedArrayBuffer; bspVcpuFd: number; bspControl: SharedArrayBuffer };
 }
 
 // Control words (Int32Array over `control`).
@@ -75,8 +83,10 @@ export interface ExitStats {
    * own share is process user + system − vCPU system − vCPU guest.
    */
   cpu?: { vcpu: ThreadCpu; processUserMs: number; processSysMs: number; vmmMs: number };
-  /** SYSCALL completion's work, when it was on. */
+  /** SYSCALL completion's work, when it was on (summed over the vCPUs). */
   syscalls?: SyscallStats;
+  /** With several vCPUs: each one's exits (and its thread's CPU time); the fields above are the totals. */
+  vcpus?: Array<{ id: number; totalExits: number; exitsByReason: Record<string, number>; cpu?: ThreadCpu }>;
 }
 
 /** What SYSCALL completion did in a run: counts, and tsvisor's mean time per completion and per #PF step. */

@@ -11,6 +11,7 @@ import { EINTR, EAGAIN } from '../sys/libc.js';
 import { completeInstruction, hex } from './fixups.js';
 import { readLinear } from './page-walk.js';
 import type { SyscallCompletion } from './syscall-completion.js';
+import type { ForwardedDevice, MailboxServer } from './exit-forwarding.js';
 import type { ExitKind, ExitStats } from './protocol.js';
 
 export interface RunEnd {
@@ -41,6 +42,11 @@ export class RunLoop {
     private readonly checkHaltWord: number,
     /** Present when this vCPU completes the SYSCALLs kvm_pvm leaves half done. */
     private readonly syscalls: SyscallCompletion | null = null,
+    /**
+     * With several vCPUs (src/vcpu/exit-forwarding.ts): the BSP's `server`
+     * answers the APs' device exits; an AP's `forwarded` device carries them.
+     */
+    private readonly smp: { server?: MailboxServer; forwarded?: ForwardedDevice } = {},
   ) {
     this.run = vcpu.run;
     this.runBytes = vcpu.runBytes;
@@ -55,12 +61,19 @@ export class RunLoop {
     this.startedAt = performance.now();
     const run = this.run;
     const counts = this.exitCounts;
+    const server = this.smp.server ?? null;
+    if (this.smp.forwarded) {
+      const stopped = this.waitForStart();
+      if (stopped) return stopped;
+    }
     this.syscalls?.arm();
     while (this.end === null) {
       const r = this.vcpu.enter();
       if (r < 0) {
         if (r === -EINTR || r === -EAGAIN) {
+          // Cleared before serving the mailbox, so an AP that posts after the serve kicks again.
           run.setUint8(abi.RUN.immediate_exit, 0);
+          server?.serve();
           if (Atomics.load(this.control, this.sampleWord)) this.sample();
           if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
           if (Atomics.load(this.control, this.checkHaltWord)) {
@@ -111,6 +124,7 @@ export class RunLoop {
         default:
           this.finish({ kind: 'internal-error', message: `unexpected exit ${abi.EXIT_REASON_NAMES[reason] ?? reason} at ${this.where()}` });
       }
+      if (server !== null) server.serve();
     }
     return this.end;
   }
@@ -223,14 +237,42 @@ export class RunLoop {
 
   /**
    * A vCPU halted with interrupts disabled can never run again (no NMI source
-   * here): that is how Linux without ACPI ends `poweroff -f` and `halt`. The
-   * main thread asks about once a second; the answer ends the run.
+   * here): that is how Linux without ACPI ends `poweroff -f` and `halt`, the
+   * APs first. The main thread asks about four times a second. An AP only
+   * records its answer (an AP the guest never started counts as halted); the
+   * BSP's answer ends the run once every AP has said so too.
    */
   private checkHalt(): void {
     Atomics.store(this.control, this.checkHaltWord, 0);
-    if (this.vcpu.getMpState() !== abi.KVM_MP_STATE_HALTED) return;
+    const state = this.vcpu.getMpState();
+    const forwarded = this.smp.forwarded;
+    if (forwarded) {
+      const neverStarted = state === abi.KVM_MP_STATE_UNINITIALIZED || state === abi.KVM_MP_STATE_INIT_RECEIVED;
+      forwarded.setHalted(neverStarted || (state === abi.KVM_MP_STATE_HALTED && !(this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF))));
+      return;
+    }
+    if (state !== abi.KVM_MP_STATE_HALTED) return;
     if (this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF)) return;
+    if (this.smp.server && !this.smp.server.allApsHalted()) return;
     this.finish({ kind: 'poweroff', message: 'the guest halted with interrupts disabled (a power-off or halt)' });
+  }
+
+  /**
+   * An AP before the guest starts it: KVM_GET_MP_STATE (which takes in a
+   * pending INIT or SIPI) every millisecond until it is runnable. Not
+   * KVM_RUN: kvm_pvm spins in it for an AP that waits for its SIPI, a core
+   * burnt for as long as the guest takes to boot its BSP (and that BSP then
+   * ran several times slower); hardware KVM would sleep there, but the wait
+   * here costs it nothing. Returns the end when stopped before starting.
+   */
+  private waitForStart(): RunEnd | null {
+    for (;;) {
+      if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM (before the guest started this vCPU)' };
+      if (Atomics.load(this.control, this.checkHaltWord)) this.checkHalt();
+      const state = this.vcpu.getMpState();
+      if (state !== abi.KVM_MP_STATE_UNINITIALIZED && state !== abi.KVM_MP_STATE_INIT_RECEIVED) return null;
+      Atomics.wait(this.control, this.stopWord, 0, 1);
+    }
   }
 
   private sample(): void {
