@@ -277,6 +277,16 @@ static inline void mb(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memo
 #endif
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
+/* ---- other CPUs (lib/smp.c, 32-bit images): fw_cfg's CPU count; INIT and
+ * SIPI to all but self, each AP then running fn(cpu) with cpu = 1, 2, … on a
+ * 4 KiB stack of its own, interrupts off. Returns how many started within
+ * timeout_ms. A spinlock for what they share (the console). ---- */
+#define FW_MAX_CPUS 64
+unsigned smp_cpus(void);
+unsigned smp_start_aps(void (*fn)(unsigned cpu), unsigned timeout_ms);
+void spin_lock(volatile uint32_t *l);
+void spin_unlock(volatile uint32_t *l);
+
 /* ---- time: TSC frequency (kHz) from tsc_khz=, CPUID 0x15/0x16/0x40000010,
  * or a PIT channel 2 calibration; 1 GHz if all fail (lib/apic.c) ---- */
 uint32_t fw_tsc_khz(void);
