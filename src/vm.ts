@@ -431,8 +431,8 @@ export class Vm {
         // XCR0 as the guest will set it, so that KVM's copy agrees even where the XSETBV exit is lost (bootXcr0 says why).
         const xcr0 = bootXcr0(cpuid, kvm.hostKind);
         if (xcr0 !== null) kvm.setVcpuXcr0(v.fd, xcr0);
-        // LINT0 ExtINT and LINT1 NMI on every LAPIC, as the MP table says (kvmtool does the same); Linux reprograms the APs'.
-        v.setupLapicLints();
+        // LINT0 ExtINT and LINT1 NMI on the BSP, as the BIOS leaves them under QEMU; Linux programs the APs' itself.
+        if (id === 0) v.setupLapicLints();
       });
       vcpu.setSregs(cpu.sregs);
       vcpu.setRegs(cpu.regs);
