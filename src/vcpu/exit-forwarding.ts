@@ -25,6 +25,8 @@ const VALUE = 5;
 /** Set by the AP's halt check: halted with interrupts off, or never started (see RunLoop.checkHalt). */
 const HALTED = 6;
 const SLOT_WORDS = 8;
+/** Slot 0 is the BSP's own and carries no requests: its first word is the fence word of serveAfterKick. */
+const FENCE = 0;
 
 // STATE values.
 const IDLE = 0;
@@ -39,7 +41,7 @@ const OP_MMIO_READ = 2;
 const OP_MMIO_WRITE = 3;
 
 /** How long an AP waits on its slot before it looks at its stop word again, ms. */
-const WAIT_SLICE_MS = 100;
+const WAIT_SLICE_MS = 20;
 
 /** The shared memory of a VM's mailbox: one slot per vCPU (the BSP's slot 0 is unused but for symmetry). */
 export function createMailbox(cpus: number): SharedArrayBuffer {
@@ -58,6 +60,18 @@ export class MailboxServer {
   constructor(mailbox: SharedArrayBuffer, private readonly pio: PioBus, private readonly mmio: MmioBus) {
     this.words = new Int32Array(mailbox);
     this.cpus = this.words.length / SLOT_WORDS;
+  }
+
+  /**
+   * After a kick: the BSP has just cleared its `immediate_exit`, a plain store
+   * to kvm_run. x86 may let the loads of serve() pass that store, so a post
+   * made meanwhile could be missed while the AP's `immediate_exit = 1` is
+   * overwritten: a lost wake-up (seen in the lane: an AP waiting a minute on
+   * a BSP spinning in guest mode). A locked read-modify-write orders the two.
+   */
+  serveAfterKick(): void {
+    Atomics.add(this.words, FENCE, 0);
+    this.serve();
   }
 
   /** Answers every posted slot; called after each of the BSP's exits and kicks (a load per AP when none is posted). */
@@ -159,7 +173,8 @@ export class ForwardedDevice implements PioDevice, MmioDevice {
       const state = Atomics.load(w, s + STATE);
       if (state === ANSWERED) break;
       if (state === CLOSED || this.stopped()) return 0xffffffff;
-      Atomics.wait(w, s + STATE, POSTED, WAIT_SLICE_MS);
+      // Kicked again each slice: a wake-up is cheap beside an AP stuck for good.
+      if (Atomics.wait(w, s + STATE, POSTED, WAIT_SLICE_MS) === 'timed-out') this.kickBsp();
     }
     const answer = w[s + VALUE] >>> 0;
     // Unless the BSP has closed the mailbox meanwhile, the slot is free again.

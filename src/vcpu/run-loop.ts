@@ -73,7 +73,7 @@ export class RunLoop {
         if (r === -EINTR || r === -EAGAIN) {
           // Cleared before serving the mailbox, so an AP that posts after the serve kicks again.
           run.setUint8(abi.RUN.immediate_exit, 0);
-          server?.serve();
+          server?.serveAfterKick();
           if (Atomics.load(this.control, this.sampleWord)) this.sample();
           if (Atomics.load(this.control, this.stopWord)) return { kind: 'stopped', message: 'stopped by the VMM' };
           if (Atomics.load(this.control, this.checkHaltWord)) {
