@@ -13,6 +13,7 @@ import { COMMAND_EXIT } from '../src/vcpu/protocol.js';
 import { appendArchive, hostFilesArchive, parseAddOption } from '../src/guest/host-files.js';
 import { defaultGuestPaths, DEFAULT_GUEST_MISSING, GUEST_READY_MARKER } from '../src/guest/default-guest.js';
 import { kvmTestSerial, repoRoot } from './helpers/kvm.js';
+import { TSVISOR, tsvisorRun } from './helpers/cli.js';
 import { TsvisorError } from '../src/errors.js';
 
 test('one argument is a shell command as it is; several are quoted word by word', (t) => {
@@ -75,19 +76,8 @@ test('--add mistakes: one line each, before anything boots', (t) => {
   t.is(err('/nonexistent/file')!.exitCode, 2);
 });
 
-const TSVISOR = join(repoRoot, 'bin/tsvisor.js');
-
 /** Runs the tsvisor CLI to its end; stdout and stderr apart, as a harness sees them. */
-function tsvisor(args: string[], timeoutMs = 15 * 60_000): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [TSVISOR, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const tsvisor = tsvisorRun;
 
 test(`with -- COMMAND, tsvisor's own failure (no KVM device) is ${COMMAND_EXIT.failure}, never a status the command could give`, (t) => {
   const r = spawnSync(process.execPath, [TSVISOR, 'run', '--', 'true'], { encoding: 'utf8', env: { ...process.env, TSVISOR_KVM_DEVICE: '/nonexistent/kvm' } });

@@ -7,26 +7,15 @@
 // registers at once. kvm-unit-tests' SMP tests (smptest with 2, 3 and 4 vCPUs, the
 // IPI exits) run in test/kvm-unit-tests.test.ts; the mailbox that carries the
 // APs' device exits is tested alone in test/exit-forwarding.test.ts.
-import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultGuestPaths, DEFAULT_GUEST_MISSING } from '../src/guest/default-guest.js';
 import type { ExitStats } from '../src/vcpu/protocol.js';
-import { firmwareImage, firmwareMissing, kvmTestSerial, repoRoot } from './helpers/kvm.js';
+import { firmwareImage, firmwareMissing, kvmTestSerial } from './helpers/kvm.js';
+import { tsvisorRun } from './helpers/cli.js';
 
-const TSVISOR = join(repoRoot, 'bin/tsvisor.js');
-
-function tsvisor(args: string[], timeoutMs = 15 * 60_000): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [TSVISOR, ...args], { stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
-}
+const tsvisor = tsvisorRun;
 
 const smpGuestMissing = () => (defaultGuestPaths(process.env, 2) ? null : `${DEFAULT_GUEST_MISSING} (its SMP kernel)`);
 
