@@ -32,7 +32,7 @@ import { createSerialShared, Serial16550 } from './devices/serial.js';
 import { MainLoop } from './loop/main-loop.js';
 import { collectGarbage } from './util/collect-garbage.js';
 import { GuestConsole } from './console.js';
-import { createMailbox } from './vcpu/exit-forwarding.js';
+import { createMailbox, kicker } from './vcpu/exit-forwarding.js';
 import { CONTROL_CHECK_HALT, CONTROL_RUNNING, CONTROL_SAMPLE, CONTROL_STOP, CONTROL_TID, CONTROL_WORDS, exitStatusOf, type ExitKind, type ExitStats, type VcpuExitMessage, type VcpuWorkerData } from './vcpu/protocol.js';
 
 export interface BootOptions {
@@ -161,6 +161,8 @@ interface VcpuThread {
   vcpu: Vcpu;
   worker: Worker;
   control: Int32Array;
+  /** Gets the vCPU out of KVM_RUN (src/vcpu/exit-forwarding.ts's kicker, as an AP kicks vcpu0). */
+  kick: () => void;
   /** The worker's end, once it has reported (or died). */
   end?: VcpuExitMessage;
 }
@@ -215,7 +217,8 @@ export class Vm {
     native().installKickHandler();
     this.threads = vcpus.map((vcpu, i) => {
       const data = { ...workerData[i], consoleDoorbellFd: consoleBell.fd };
-      return { vcpu, worker: new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData: data }), control: new Int32Array(data.control) };
+      const control = new Int32Array(data.control);
+      return { vcpu, worker: new Worker(new URL('./vcpu/worker.js', import.meta.url), { workerData: data }), control, kick: kicker(vcpu.run, () => Atomics.load(control, CONTROL_TID)) };
     });
     this.exited = new Promise<VmExit>((resolve) => {
       // The run ends with the first vCPU whose loop ends (the BSP's, unless an AP
@@ -396,6 +399,7 @@ export class Vm {
         vcpus.push(v);
       }
       const vcpu = vcpus[0];
+      const supportedCpuid = kvm.supportedCpuid();
       const tscKhz = Math.max(0, libc.ioctl(vcpu.fd, abi.KVM_GET_TSC_KHZ, 0));
 
       // Load the kernel by what it is.
@@ -412,7 +416,7 @@ export class Vm {
         const kernel = image.linux;
         const cmdline = [opts.cmdline ?? '', ...(opts.linuxParams ?? []), ...hostParams].filter((s) => s.length > 0).join(' ');
         cpu = loadLinux(mem, memBytes, kernel, cmdline, initrd);
-        const leaf1 = kvm.supportedCpuid().find((e) => e.function === 1);
+        const leaf1 = supportedCpuid.find((e) => e.function === 1);
         writeMpTable(mem, MPTABLE_ADDR, {
           cpus, cpuSignature: leaf1?.eax ?? 0, cpuFeatures: leaf1?.edx ?? 0,
           pciIrqs: devices.map((d) => ({ slot: d.pciSlot, pin: 1, gsi: pciIntxGsi(d.pciSlot) })),
@@ -426,7 +430,7 @@ export class Vm {
 
       vcpus.forEach((v, id) => {
         // Each vCPU's CPUID names its own APIC id (= KVM's vCPU id).
-        const cpuid = vcpuCpuid(kvm.supportedCpuid(), id, kvm.hostKind, cpus);
+        const cpuid = vcpuCpuid(supportedCpuid, id, kvm.hostKind, cpus);
         v.setCpuid(cpuid);
         // XCR0 as the guest will set it, so that KVM's copy agrees even where the XSETBV exit is lost (bootXcr0 says why).
         const xcr0 = bootXcr0(cpuid, kvm.hostKind);
@@ -476,10 +480,7 @@ export class Vm {
   }
 
   private kick(t: VcpuThread): void {
-    const tid = Atomics.load(t.control, CONTROL_TID);
-    if (tid <= 0 || this.finished || t.end) return;
-    t.vcpu.run.setUint8(abi.RUN.immediate_exit, 1);
-    native().kickThread(tid);
+    if (!this.finished && !t.end) t.kick();
   }
 
   /** Sets a control word of every vCPU and kicks them all to look at it. */

@@ -43,10 +43,11 @@ let forwarded: ForwardedDevice | undefined;
 let bspRun: { address: bigint; size: number } | undefined;
 if (!isBsp) {
   if (!data.smp) throw new Error(`vCPU ${data.vcpuId} started without the SMP mailbox`);
-  const bsp = new Vcpu(data.smp.bspVcpuFd, data.mmapSize);
-  bspRun = { address: bsp.runAddress, size: data.mmapSize };
+  // vcpu0's kvm_run, for its immediate_exit byte.
+  bspRun = { address: libc.mmap(data.mmapSize, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, data.smp.bspVcpuFd, 0), size: data.mmapSize };
   const bspControl = new Int32Array(data.smp.bspControl);
-  forwarded = new ForwardedDevice(data.smp.mailbox, data.vcpuId, kicker(bsp.run, () => Atomics.load(bspControl, CONTROL_TID)), () => Atomics.load(control, CONTROL_STOP) !== 0);
+  const kickBsp = kicker(new DataView(libc.view(bspRun.address, bspRun.size)), () => Atomics.load(bspControl, CONTROL_TID));
+  forwarded = new ForwardedDevice(data.smp.mailbox, data.vcpuId, kickBsp, () => Atomics.load(control, CONTROL_STOP) !== 0);
   forwardAll(pio, mmio, forwarded);
 }
 const onEvent = (e: MachineEvent) => {
