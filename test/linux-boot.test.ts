@@ -60,7 +60,7 @@ interface BootChecks {
   interrupts: RegExp;
   /** The transport's register exits must be the legacy I/O BAR's (true) or the modern BAR's. */
   legacy: boolean;
-  /** Booted with no-kvmclock: the TSC must be calibrated against the ACPI PM timer where KVM gives no other reference (kvm_pvm). */
+  /** Booted with no-kvmclock: the guest must keep time off the TSC or the ACPI PM timer, not jiffies. */
   noKvmclock?: boolean;
 }
 
@@ -135,12 +135,13 @@ async function bootAndCheck(t: ExecutionContext, c: BootChecks): Promise<void> {
   if (c.noKvmclock) {
     t.log(`without kvmclock: ${out.split('\n').filter((l) => /tsc: |clocksource: Switched/.test(l)).map((l) => l.trim()).join(' | ')}`);
     t.notRegex(out, /kvm-clock: Using msrs/, 'no-kvmclock took effect');
-    // kvm_pvm's PIT is too slow to calibrate against and its CPUID has no TSC leaves: the PM timer is the only reference there.
-    // (Elsewhere the PIT works; in the TCG-hosted lane even a PM timer read takes longer than Linux allows a reference read.)
-    if (hostKind === 'kvm_pvm') {
-      t.regex(out, /tsc: (using PMTIMER reference calibration|PIT calibration matches PMTIMER)/, 'the TSC calibrated against the ACPI PM timer');
-      t.notRegex(out, /Marking TSC unstable/);
-    }
+    // Without kvmclock the guest must still keep time off a real counter: the TSC, once calibrated, or
+    // the ACPI PM timer, which Linux only takes after checking that it counts. Whether the TSC calibrates
+    // depends on how long one PM timer read takes (Linux gives a reference read 50,000 TSC cycles):
+    // on kvm_pvm and in the TCG-hosted lane an exit is slower than that under load, so either is right;
+    // jiffies is not.
+    const switched = [...out.matchAll(/clocksource: Switched to clocksource (\S+)/g)].map((m) => m[1]);
+    t.regex(switched.at(-1) ?? '', /^(tsc|tsc-early|acpi_pm)$/, `the guest's clocksource runs off the TSC or the PM timer (switches: ${switched.join(', ')})`);
   }
 }
 
@@ -148,7 +149,7 @@ kvmTestSerial('the default guest, modern virtio-pci with MSI-X: console, eth0 by
   await bootAndCheck(t, { params: [], interrupts: /irq: .*PCI-MSI.*virtio0-(input|output)/, legacy: false });
 }, () => netMissing() ?? (defaultGuestPaths() ? null : DEFAULT_GUEST_MISSING));
 
-kvmTestSerial('the default guest, legacy virtio-pci with INTx routed by ACPI, without kvmclock (force_legacy, pci=nomsi, no-kvmclock): the same checks, and the TSC calibrated', async (t) => {
+kvmTestSerial('the default guest, legacy virtio-pci with INTx routed by ACPI, without kvmclock (force_legacy, pci=nomsi, no-kvmclock): the same checks, and the guest keeps time off the TSC or the PM timer', async (t) => {
   // Slot 4's INTA#: GSI 20 by the DSDT's _PRT (and the MP table's, which this kernel does not read when it has ACPI).
   await bootAndCheck(t, { params: ['virtio_pci.force_legacy=1', 'pci=nomsi', 'no-kvmclock'], interrupts: /irq: +20: +\d+ +IO-APIC +20-fasteoi +virtio0/, legacy: true, noKvmclock: true });
 }, () => netMissing() ?? (defaultGuestPaths() ? null : DEFAULT_GUEST_MISSING));
