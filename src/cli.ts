@@ -17,6 +17,7 @@ import { parseFwCfgOption } from './devices/fw-cfg.js';
 import { shellCommand } from './guest/command.js';
 import { COMMAND_EXIT, EXIT_VMM_BUG } from './vcpu/protocol.js';
 import { ensureHostTool } from './util/host-tools.js';
+import { defaultQueuePairs } from './devices/net/virtio-net-options.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -56,10 +57,13 @@ Options:
   --mem MIB             guest RAM in MiB (default 256; at most the host's RAM + swap)
   --cpus N              vCPUs (default 1; at most 64, or KVM's limit if lower); each
                         is a thread; the APs start when the guest sends them INIT/SIPI
-  --net tap:NAME[,mac=M]  a virtio-net NIC on TAP NAME (an existing TAP you own needs
-                        no root; a new one needs CAP_NET_ADMIN)
-  --net tap[,mac=M]     a virtio-net NIC on a new TAP (CAP_NET_ADMIN)
-  --net sandbox[,mac=M] a network namespace for this run with the TAP inside:
+  --net tap:NAME[,mac=M][,queues=N]  a virtio-net NIC on TAP NAME (an existing TAP
+                        you own needs no root; a new one needs CAP_NET_ADMIN).
+                        queues=N: N queue pairs (VIRTIO_NET_F_MQ) on a multi-queue
+                        TAP; default one per vCPU up to 8 (one for an existing
+                        single-queue TAP)
+  --net tap[,mac=M][,queues=N]  a virtio-net NIC on a new TAP (CAP_NET_ADMIN)
+  --net sandbox[,mac=M][,queues=N]  a network namespace for this run with the TAP inside:
                         host side 10.0.2.2/24, guest 10.0.2.15 (Linux guests get
                         ip= for it); the host pings the guest once it is up; all
                         of it is deleted at exit. Without root it runs in a user
@@ -284,9 +288,10 @@ async function run(argv: string[]): Promise<number> {
   let sandbox: Sandbox | undefined;
   try {
     if (netSpec) {
-      if (netSpec.mode === 'sandbox') sandbox = Sandbox.create();
+      // The sandbox's TAP is made here, so with as many queues as the NIC will have pairs.
+      if (netSpec.mode === 'sandbox') sandbox = Sandbox.create(netSpec.queues ?? defaultQueuePairs(cpus));
       const onBackendLost = (message: string) => process.stderr.write(`\ntsvisor: TAP ${message}\n`);
-      opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, txBurst, ioeventfd: values.ioeventfd, onBackendLost };
+      opts.net = { tap: sandbox ? sandbox.tap : netSpec.ifname ?? 'tap%d', mac: netSpec.mac, queues: netSpec.queues, txBurst, ioeventfd: values.ioeventfd, onBackendLost };
     }
     const vm = await Vm.boot(opts);
     signals.vm = vm;

@@ -43,6 +43,8 @@ export function formatNetStats(net: Record<string, unknown>): string {
     if (k === 'drops' && v && typeof v === 'object') {
       const drops = Object.entries(v as Record<string, number>).filter(([, n]) => n > 0).map(([d, n]) => `${d} ${n}`);
       lines.push(`  drops: ${drops.length ? drops.join(', ') : 'none'}`);
+    } else if (k === 'pairPackets' && Array.isArray(v)) {
+      lines.push(`  ${k}: ${(v as Array<{ tx: number; rx: number }>).map((p, i) => `pair ${i} tx ${p.tx} rx ${p.rx}`).join('; ')}`);
     } else if (Array.isArray(v)) {
       if (v.length) lines.push(`  ${k}: ${v.join('; ')}`);
     } else {

@@ -374,7 +374,7 @@ export class Vm {
       let netSetup: NetSetup | null = null;
       if (opts.net) {
         const slot = 4;
-        const setup = new NetSetup(opts.net, slot, pciIntxGsi(slot));
+        const setup = new NetSetup(opts.net, slot, pciIntxGsi(slot), cpus);
         netSetup = setup;
         undo.push(() => setup.close());
         devices.push(setup.spec);

@@ -205,6 +205,50 @@ tapTest('virtio-net over the real TAP: guest TX ARP request → device → names
   t.true(irq.queue[1] >= 1, 'a TX interrupt');
 });
 
+// ------------------------------------------------ multi-queue TAP (virtio-net queue pairs)
+
+tapTest('queues=2 opens a multi-queue TAP, one fd per queue; each fd sends to the namespace; a detached queue leaves the interface and gets no frame', async (t) => {
+  const name = `tsq${randomBytes(4).toString('hex')}`;
+  const tap = ns().enter(() => Tap.open(name, { queues: 2 }));
+  t.teardown(() => tap.close());
+  t.is(tap.moreQueues.length, 1);
+  const q1 = tap.moreQueues[0];
+  t.is(q1.name, name);
+  t.not(q1.fd, tap.fd);
+  t.regex(inNs('ip', '-d', 'link', 'show', name), /multi_queue/, 'the namespace sees one interface, with multi_queue');
+  inNs('ip', 'addr', 'add', '10.212.0.1/24', 'dev', name);
+  inNs('ip', 'link', 'set', name, 'up');
+  const stat = () => Number(inNs('cat', `/sys/class/net/${name}/statistics/rx_packets`).trim());
+  const before = stat();
+  t.is(writeFrame(tap, 10, arpRequest(GUEST_MAC, [10, 212, 0, 2], [10, 212, 0, 1])), 10 + 42);
+  t.is(writeFrame(q1, 10, arpRequest(GUEST_MAC, [10, 212, 0, 3], [10, 212, 0, 1])), 10 + 42);
+  t.is(stat() - before, 2, 'both queues reached the namespace');
+  // Detached, a queue is disabled in tun: the interface has one queue left, and every frame
+  // for the guest is steered to the attached one (a detached fd may still write).
+  const queues = () => inNs('ls', `/sys/class/net/${name}/queues`).split(/\s+/).filter((q) => q.startsWith('rx-')).length;
+  t.is(queues(), 2);
+  q1.setQueueEnabled(false);
+  t.is(queues(), 1, 'one queue left');
+  await readUntil(tap, 10, () => false, 200);
+  for (let ip = 10; ip < 14; ip++) {
+    t.is(writeFrame(tap, 10, arpRequest(GUEST_MAC, [10, 212, 0, ip], [10, 212, 0, 1])), 52);
+    t.truthy(await readUntil(tap, 10, (f) => isArp(f, 2) && f[41] === ip), `the reply to .${ip} came to the attached queue`);
+  }
+  t.is(await readUntil(q1, 10, () => true, 100), null, 'the detached queue got nothing');
+  q1.setQueueEnabled(true);
+  t.is(queues(), 2, 'attached again');
+});
+
+tapTest('queues=2 on an existing single-queue TAP is a one-line error naming queues=1 and multi_queue', (t) => {
+  const name = `tss${randomBytes(4).toString('hex')}`;
+  inNs('ip', 'tuntap', 'add', 'dev', name, 'mode', 'tap', 'vnet_hdr');
+  t.teardown(() => inNs('ip', 'link', 'del', name));
+  const e = t.throws(() => ns().enter(() => Tap.open(name, { queues: 2 })), { instanceOf: TsvisorError });
+  t.regex(e!.message, new RegExp(`cannot open TAP ${name} with 2 queues: it exists but is not a multi-queue TAP`));
+  t.regex(e!.line, /queues=1/);
+  t.regex(e!.line, /multi_queue/);
+});
+
 // ------------------------------------------------ permission errors (no TAP is created)
 
 const canSetpriv = canTap && existsSync('/usr/bin/setpriv');

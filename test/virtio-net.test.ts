@@ -296,7 +296,7 @@ async function parkTx(t: ExecutionContext, N: number): Promise<Rig> {
   r.vcpu.onQueueNotify(1);
   await until(() => r.net.stats.txParked > 0, 2000, 'a parked packet');
   await settled(r.loop);
-  t.true(r.net['events'].watchingWritable, 'parked, waiting for POLLOUT');
+  t.true(r.net['events'].pairs[0].watchingWritable, 'parked, waiting for POLLOUT');
   return r;
 }
 
@@ -307,7 +307,7 @@ async function parkTx(t: ExecutionContext, N: number): Promise<Rig> {
  * POLLERR, so the event goes in through the watch's own entry point.
  */
 function pollError(r: Rig): void {
-  r.net['events']['fd']['event'](true, true, true);
+  r.net['events'].pairs[0]['fd']['event'](true, true, true);
 }
 
 async function drainAll(r: Rig, N: number): Promise<Uint8Array[]> {
@@ -332,7 +332,7 @@ test('TX: a poll error while a chain is parked and the backend is still full dro
   const s = r.net.stats;
   t.is(s.drops.txPollError, 1, 'the parked chain was dropped and counted');
   t.is(r.tx.usedIdx(), partial + 1, 'and the guest has it back');
-  t.true(r.net['events'].watchingWritable, 'the next chain parked and armed the watch again');
+  t.true(r.net['events'].pairs[0].watchingWritable, 'the next chain parked and armed the watch again');
   // The host side drains: TX resumes on POLLOUT, without a kick from the guest.
   const got = await drainAll(r, N);
   t.is(got.length, N - 1);

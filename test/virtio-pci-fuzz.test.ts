@@ -30,7 +30,8 @@ import { LEGACY_BAR, MODERN_BAR, MODERN_NOTIFY_OFFSET, MSIX_BAR } from '../src/d
 import { VIRTIO_CONFIG_S_NEEDS_RESET } from '../src/devices/virtio/transport-state.js';
 import { featureSet, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../src/devices/net/virtio-net-features.js';
 
-const rig = hostileRig();
+// Two queue pairs: five queues to select and configure, and MQ among the offered features a hostile driver may take.
+const rig = hostileRig(2);
 test.after.always(() => rig.close());
 
 type IoeventfdArgs = { addr: number; len: number; eventfd: number; pio?: boolean; datamatch?: number; deassign?: boolean };
@@ -63,7 +64,7 @@ class FakeIoeventfds {
 }
 
 // The remap → ioeventfd-rebind path, wired as the vCPU worker wires it under --ioeventfd.
-const NOTIFY_FDS = [101, 102, 103];
+const NOTIFY_FDS = [101, 102, 103, 104, 105];
 const kvm = new FakeIoeventfds();
 const bindFailures = bindingFailures(new GuestErrorLog('virtio-net', { sink: () => {} }));
 /** Whether the last rebind left some notify unbound (an injected failure); the next one must repair it. */

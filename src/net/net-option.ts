@@ -1,20 +1,25 @@
 // The --net option: how the user names the guest's network.
-//   tap:NAME[,mac=M]   attach to TAP NAME (created if missing; needs CAP_NET_ADMIN then)
-//   tap[,mac=M]        a new TAP with a free name (needs CAP_NET_ADMIN)
-//   sandbox[,mac=M]    a network namespace made for this run, with the TAP inside,
+//   tap:NAME[,OPTS]    attach to TAP NAME (created if missing; needs CAP_NET_ADMIN then)
+//   tap[,OPTS]         a new TAP with a free name (needs CAP_NET_ADMIN)
+//   sandbox[,OPTS]     a network namespace made for this run, with the TAP inside,
 //                      10.0.2.2/24 on the host side and 10.0.2.15 for the guest (root)
+// OPTS: mac=M, queues=N (queue pairs; default one per vCPU, at most 8).
 import { usageError } from '../errors.js';
 
 export const DEFAULT_MAC = '52:54:00:12:34:56';
 export const SANDBOX_HOST_IP = '10.0.2.2';
 export const SANDBOX_GUEST_IP = '10.0.2.15';
 export const SANDBOX_PREFIX = 24;
+/** The most queue pairs a NIC may have (VIRTIO_NET_MAX_QUEUE_PAIRS). */
+export const MAX_NET_QUEUES = 16;
 
 export interface NetSpec {
   mode: 'tap' | 'sandbox';
   /** TAP name; undefined: pick a free one. */
   ifname?: string;
   mac: string;
+  /** queues=N as given; undefined for the default (one pair per vCPU). */
+  queues?: number;
 }
 
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i;
@@ -51,7 +56,10 @@ export function parseNetOption(text: string): NetSpec {
   for (const p of params) {
     const [k, v] = p.split('=', 2);
     if (k === 'mac' && v !== undefined) spec.mac = parseMac(v);
-    else throw usageError(`--net option "${p}" is not understood`, 'the only option is mac=XX:XX:XX:XX:XX:XX');
+    else if (k === 'queues' && v !== undefined) {
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > MAX_NET_QUEUES) throw usageError(`--net queues=${v} is not a number of queue pairs`, `give a whole number from 1 to ${MAX_NET_QUEUES}, e.g. queues=2`);
+      spec.queues = Number(v);
+    } else throw usageError(`--net option "${p}" is not understood`, 'the options are mac=XX:XX:XX:XX:XX:XX and queues=N');
   }
   return spec;
 }

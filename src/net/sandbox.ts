@@ -21,13 +21,14 @@ export class Sandbox {
     readonly tap: Tap,
   ) {}
 
-  static create(): Sandbox {
-    if (insideOwnUserNamespace()) return Sandbox.setUp(new OwnNetNamespace(), () => Tap.open('tap0'));
+  /** `queues`: the TAP's queues, one per virtio-net queue pair. */
+  static create(queues = 1): Sandbox {
+    if (insideOwnUserNamespace()) return Sandbox.setUp(new OwnNetNamespace(), () => Tap.open('tap0', { queues }));
     if (process.getuid?.() !== 0) {
       throw new TsvisorError('--net sandbox needs root: it creates a network namespace and a TAP inside it', 1, 'run as root, or create a TAP you own (ip tuntap add dev tap0 mode tap user $USER vnet_hdr) and pass --net tap:tap0');
     }
     const ns = NetNamespace.create('tsvisor');
-    return Sandbox.setUp(ns, () => ns.enter(() => Tap.open('tap0')));
+    return Sandbox.setUp(ns, () => ns.enter(() => Tap.open('tap0', { queues })));
   }
 
   private static setUp(ns: NetNamespace | OwnNetNamespace, openTap: () => Tap): Sandbox {

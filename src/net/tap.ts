@@ -48,6 +48,7 @@ export const TUNGETIFF = tunIoc(IOC_READ, 210, 4);
 export const TUNSETSNDBUF = tunIoc(IOC_WRITE, 212, 4);
 export const TUNGETVNETHDRSZ = tunIoc(IOC_READ, 215, 4);
 export const TUNSETVNETHDRSZ = tunIoc(IOC_WRITE, 216, 4);
+export const TUNSETQUEUE = tunIoc(IOC_WRITE, 217, 4);
 /** <linux/sockios.h>: interface flags by name, on any socket of the interface's namespace. */
 const SIOCGIFFLAGS = 0x8913;
 
@@ -57,6 +58,8 @@ export const IFF_NO_PI = 0x1000;
 export const IFF_ONE_QUEUE = 0x2000;
 export const IFF_VNET_HDR = 0x4000;
 export const IFF_MULTI_QUEUE = 0x0100;
+export const IFF_ATTACH_QUEUE = 0x0200;
+export const IFF_DETACH_QUEUE = 0x0400;
 
 // TUNSETOFFLOAD flags: what the kernel may hand us (and so the guest) on RX.
 export const TUN_F_CSUM = 0x01;
@@ -98,20 +101,31 @@ export interface NetBackend {
   hostUp?(): boolean | null;
   /** False once the interface is gone for good (a TAP deleted under its open fd). */
   attached?(): boolean;
+  /**
+   * A multi-queue backend's other queues, one per further virtio-net queue
+   * pair (the TAP's IFF_MULTI_QUEUE fds 1…); closed with this one. Header
+   * size and offloads are the interface's, set through this first queue.
+   */
+  readonly moreQueues?: readonly NetBackend[];
+  /** Lets this queue carry frames or not (a queue pair the guest has not enabled carries none). */
+  setQueueEnabled?(on: boolean): void;
   close(): void;
 }
 
 export interface TapOptions {
   /** Initial header size, default 10 (the device sets 12 once VERSION_1 or MRG_RXBUF is negotiated). */
   vnetHdrLen?: number;
+  /** Queues (fds) to open: more than 1 opens the TAP with IFF_MULTI_QUEUE, one fd per virtio-net queue pair. Default 1. */
+  queues?: number;
   /** Leave the send buffer as it is instead of making it unlimited. */
   keepSndbuf?: boolean;
 }
 
 // fcntl(F_SETFL) is not needed: open() takes O_NONBLOCK directly.
 
-function tapError(name: string, what: string, e: number): TsvisorError {
-  const pre = `ip tuntap add dev ${name} mode tap user $USER vnet_hdr`;
+function tapError(name: string, what: string, e: number, queues = 1): TsvisorError {
+  const multi = queues > 1;
+  const pre = `ip tuntap add dev ${name} mode tap user $USER vnet_hdr${multi ? ' multi_queue' : ''}`;
   switch (e) {
     case EPERM:
       return new TsvisorError(
@@ -123,9 +137,11 @@ function tapError(name: string, what: string, e: number): TsvisorError {
       return new TsvisorError(`TAP ${name} is busy: another process has it open`, 1, 'stop the other VMM or pick another --net tap name');
     case EINVAL:
       return new TsvisorError(
-        `cannot use ${name} as a TAP: it exists but is not a single-queue TAP interface`,
+        multi
+          ? `cannot open TAP ${name} with ${queues} queues: it exists but is not a multi-queue TAP interface`
+          : `cannot use ${name} as a TAP: it exists but is not a single-queue TAP interface`,
         1,
-        `pick another name or recreate it: ip link del ${name}; ${pre}`,
+        `${multi ? 'give the NIC one queue pair (queues=1), or pick another name, or recreate it' : 'pick another name or recreate it'}: ip link del ${name}; ${pre}`,
       );
     case ENOENT:
     case ENODEV:
@@ -150,6 +166,10 @@ export class Tap implements NetBackend {
 
   private ctlSocket = -1;
   private readonly ifreq = new NativeBuffer(IFREQ_SIZE);
+  /** Queues 1… of a multi-queue TAP (this object is queue 0). */
+  private readonly extraQueues: Tap[] = [];
+  /** Attached to the interface (TUNSETQUEUE); every queue is, once opened. */
+  private queueAttached = true;
 
   private constructor(readonly fd: number, readonly name: string, tunFeatures: number, hdrLen: number) {
     this.tunFeatures = tunFeatures;
@@ -159,14 +179,40 @@ export class Tap implements NetBackend {
 
   /**
    * Opens (or creates) TAP `name` with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR,
-   * non-blocking, close-on-exec. Throws TsvisorError on anything a user can fix.
+   * non-blocking, close-on-exec; with `queues` > 1 also IFF_MULTI_QUEUE, and
+   * one more fd per further queue (`moreQueues`). Throws TsvisorError on
+   * anything a user can fix.
    */
   static open(name: string, opts: TapOptions = {}): Tap {
     const nameBytes = Buffer.from(name, 'utf8');
     if (nameBytes.length === 0 || nameBytes.length >= IFNAMSIZ || /[\s/:]/.test(name)) {
       throw new TsvisorError(`--net tap name "${name}" is not a valid interface name`, 2, 'use 1 to 15 characters without spaces, "/" or ":"');
     }
+    const queues = opts.queues ?? 1;
     const hdrLen = opts.vnetHdrLen ?? 10;
+    const first = Tap.openQueue(name, queues, hdrLen);
+    try {
+      // For link-state queries; made now, so in the namespace the TAP was created in.
+      first.ctlSocket = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      first.setVnetHdrLen(hdrLen);
+      // Nothing offloaded until the guest negotiates what it takes.
+      first.setOffload(0);
+      if (!opts.keepSndbuf) first.setSndbuf(SNDBUF_UNLIMITED);
+      // The further queues attach to the interface by the name the kernel completed ("tap%d").
+      for (let q = 1; q < queues; q++) {
+        const more = Tap.openQueue(first.name, queues, hdrLen);
+        first.extraQueues.push(more);
+        if (!opts.keepSndbuf) more.setSndbuf(SNDBUF_UNLIMITED);
+      }
+      return first;
+    } catch (e) {
+      first.close();
+      throw e;
+    }
+  }
+
+  /** One fd of TAP `name`, attached (TUNSETIFF). */
+  private static openQueue(name: string, queues: number, hdrLen: number): Tap {
     const fd = libcOpen('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
     if (fd < 0) throw tapError(name, 'open /dev/net/tun', errno());
     const buf = new NativeBuffer(IFREQ_SIZE);
@@ -176,25 +222,36 @@ export class Tap implements NetBackend {
       if (!(features & IFF_VNET_HDR)) {
         throw new TsvisorError('the kernel tun driver lacks IFF_VNET_HDR', 1, 'tsvisor needs a Linux kernel >= 2.6.27 with TUN/TAP');
       }
+      if (queues > 1 && !(features & IFF_MULTI_QUEUE)) {
+        throw new TsvisorError(`the kernel tun driver lacks IFF_MULTI_QUEUE, which queues=${queues} needs`, 1, 'give the NIC one queue pair (queues=1), or run on Linux >= 3.8');
+      }
       buf.clear();
-      buf.bytes.set(nameBytes, 0);
-      buf.dv.setUint16(IFREQ_FLAGS, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
-      if (ioctl(fd, TUNSETIFF, buf.address) < 0) throw tapError(name, 'TUNSETIFF', errno());
+      buf.bytes.set(Buffer.from(name, 'utf8'), 0);
+      buf.dv.setUint16(IFREQ_FLAGS, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (queues > 1 ? IFF_MULTI_QUEUE : 0), true);
+      if (ioctl(fd, TUNSETIFF, buf.address) < 0) throw tapError(name, 'TUNSETIFF', errno(), queues);
       // The kernel may have completed a name pattern such as "tap%d".
       const end = buf.bytes.indexOf(0);
       const actual = Buffer.from(buf.bytes.subarray(0, end < 0 ? IFNAMSIZ : end)).toString('utf8');
-      const tap = new Tap(fd, actual, features, hdrLen);
-      // For link-state queries; made now, so in the namespace the TAP was created in.
-      tap.ctlSocket = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      tap.setVnetHdrLen(hdrLen);
-      // Nothing offloaded until the guest negotiates what it takes.
-      tap.setOffload(0);
-      if (!opts.keepSndbuf) tap.setSndbuf(SNDBUF_UNLIMITED);
-      return tap;
+      return new Tap(fd, actual, features, hdrLen);
     } catch (e) {
       libcClose(fd);
       throw e;
     }
+  }
+
+  get moreQueues(): readonly Tap[] {
+    return this.extraQueues;
+  }
+
+  /** TUNSETQUEUE: attach this queue's fd to the interface (tun steers frames to it) or detach it (none arrive; its backlog is dropped). */
+  setQueueEnabled(on: boolean): void {
+    if (on === this.queueAttached) return;
+    this.buf.clear();
+    this.buf.dv.setUint16(IFREQ_FLAGS, on ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE, true);
+    if (ioctl(this.fd, TUNSETQUEUE, this.buf.address) < 0) {
+      throw new TsvisorError(`TAP ${this.name}: TUNSETQUEUE ${on ? 'attach' : 'detach'}: ${strerror(errno())}`);
+    }
+    this.queueAttached = on;
   }
 
   get vnetHdrLen(): number {
@@ -274,6 +331,7 @@ export class Tap implements NetBackend {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const q of this.extraQueues) q.close();
     if (this.ctlSocket >= 0) libcClose(this.ctlSocket);
     libcClose(this.fd);
   }

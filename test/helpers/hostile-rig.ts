@@ -27,7 +27,7 @@ import { GuestErrorLog } from '../../src/devices/virtio/guest-error-log.js';
 import { legacyVringLayout, type VringLayout } from '../../src/devices/virtio/virtqueue.js';
 import { VirtioNet } from '../../src/devices/net/virtio-net.js';
 import { VirtioNetVcpu } from '../../src/devices/net/virtio-net-vcpu.js';
-import { VirtioNetConfig, netQueueSizes } from '../../src/devices/net/virtio-net-config.js';
+import { VirtioNetConfig, netQueueCount, netQueueSizes } from '../../src/devices/net/virtio-net-config.js';
 import { offeredFeatures, vnetHeaderSize } from '../../src/devices/net/virtio-net-features.js';
 import type { BottomHalfList } from '../../src/loop/bottom-half.js';
 import { SocketBackend } from './net-fakes.js';
@@ -92,9 +92,8 @@ export class CheckedMemory extends GuestMemory {
 
 /** A socketpair backend whose readv/writev check every iovec: guest RAM (or the device's own bounce buffer) only. */
 export class CheckedBackend extends SocketBackend {
-  readonly violations: string[] = [];
-  /** Host ranges besides guest RAM readv may fill (the device's bounce buffer). */
-  extra: Array<{ address: number; size: number }> = [];
+  /** Host ranges besides guest RAM readv may fill (the device's bounce buffers). */
+  readonly extra: Array<{ address: number; size: number }>;
   /** Set while the device is broken: it must not move packets then. */
   deviceBroken = false;
   /** Frames the device wrote, in order (drained from the peer before each write, so the socket never fills). */
@@ -103,8 +102,10 @@ export class CheckedBackend extends SocketBackend {
   reads = 0;
   private readonly peerBuf = new libc.NativeBuffer(256 << 10);
 
-  constructor(private readonly mem: CheckedMemory) {
+  /** `violations` and `extra` may be another queue's, so a multi-queue backend keeps one list. */
+  constructor(private readonly mem: CheckedMemory, readonly violations: string[] = [], extra: Array<{ address: number; size: number }> = []) {
     super();
+    this.extra = extra;
   }
 
   private checkIov(call: string, iov: bigint, n: number): void {
@@ -213,7 +214,10 @@ export interface Rig {
   offered: number;
   /** Lines the transport and the data path logged. */
   logLines: string[];
-  pending: { rx: boolean; tx: boolean; ctrl: boolean; control: boolean };
+  /** Doorbells rung and not yet run: one per queue index, and the control one. */
+  pending: { queues: boolean[]; control: boolean };
+  /** Queue pairs (max_virtqueue_pairs); with more than one the device offers MQ over a backend with a queue per pair. */
+  pairs: number;
   /** Where the bus placed the BARs (the recovery puts them back). */
   home: { io: number; msix: number; modern: number };
   /** Runs the main thread: rung doorbells, then one pass of the bottom halves the device scheduled itself. */
@@ -226,36 +230,36 @@ function nativeRegion(gpa: number, size: number): { region: RamRegion; free: () 
   return { region: { gpa, bytes: new Uint8Array(libc.view(addr, size)), hostAddress: addr }, free: () => libc.munmap(addr, size) };
 }
 
-/** Builds the NIC; one per test file (it maps native buffers that are never unmapped). */
-export function hostileRig(): Rig {
+/** Builds the NIC with `pairs` queue pairs; one per test file (it maps native buffers that are never unmapped). */
+export function hostileRig(pairs = 1): Rig {
   const a = nativeRegion(RAM_A, RAM_A_SIZE);
   const b = nativeRegion(RAM_B, RAM_B_SIZE);
   const mem = new CheckedMemory([a.region, b.region]);
-  const offered = offeredFeatures({ backendOffloads: 0x1f });
-  const sizes = netQueueSizes({});
-  const sab = createTransportState({ numQueues: 3, queueMaxSizes: sizes, msixVectors: 4, deviceFeatures: BigInt(offered), intxGsi: 19 });
+  const offered = offeredFeatures({ backendOffloads: 0x1f, queuePairs: pairs });
+  const sizes = netQueueSizes({}, pairs);
+  const sab = createTransportState({ numQueues: netQueueCount(pairs), queueMaxSizes: sizes, msixVectors: netQueueCount(pairs) + 1, deviceFeatures: BigInt(offered), intxGsi: 19 });
   const state = new TransportState(sab);
-  const cfg = VirtioNetConfig.create(Uint8Array.from(MAC));
+  const cfg = VirtioNetConfig.create(Uint8Array.from(MAC), 1500, pairs);
   const loop = new MainLoop();
   const backend = new CheckedBackend(mem);
+  // Every queue of the backend checks what it is given against guest RAM, into one list.
+  backend.moreQueues = Array.from({ length: pairs - 1 }, () => new CheckedBackend(mem, backend.violations, backend.extra));
   const logLines: string[] = [];
   const sink = (line: string) => { logLines.push(line); };
   const sender = new CheckedSender(state, new RecordingIrq());
   const net = new VirtioNet(loop, mem, backend, state, cfg, sender, {});
   net.guestLog = new GuestErrorLog('virtio-net', { sink });
-  const bounce = net.rxBounceBuffer;
-  backend.extra.push({ address: Number(bounce.address), size: bounce.size });
-  const pending = { rx: false, tx: false, ctrl: false, control: false };
-  const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(offered), doorbellFds: { rx: -1, tx: -1, ctrl: -1, control: -1 } }, {
-    rx: { ring: () => { pending.rx = true; } },
-    tx: { ring: () => { pending.tx = true; } },
-    ctrl: { ring: () => { pending.ctrl = true; } },
+  for (const bounce of net.rxBounceBuffers) backend.extra.push({ address: Number(bounce.address), size: bounce.size });
+  const setBroken = (on: boolean) => { for (const q of [backend, ...(backend.moreQueues as CheckedBackend[])]) q.deviceBroken = on; };
+  const pending = { queues: sizes.map(() => false), control: false };
+  const vcpu = new VirtioNetVcpu(mem, { shared: cfg.buffer, queueSizes: sizes, deviceFeatures: BigInt(offered), doorbellFds: { queues: sizes.map(() => -1), control: -1 } }, {
+    queues: sizes.map((_, i) => ({ ring: () => { pending.queues[i] = true; } })),
     control: { ring: () => { pending.control = true; } },
   });
   vcpu.attach(state);
   // The reset hand-shake: the main thread runs at once, so the vCPU side never waits.
-  const dev = new VirtioPciDevice({ device: vcpu, state, mem, irq: new RecordingIrq(), ringReset: () => { net.controlRun(); backend.deviceBroken = false; }, log: new GuestErrorLog('virtio-net', { sink }) });
-  sender.onNeedsReset = () => { backend.deviceBroken = true; };
+  const dev = new VirtioPciDevice({ device: vcpu, state, mem, irq: new RecordingIrq(), ringReset: () => { net.controlRun(); setBroken(false); }, log: new GuestErrorLog('virtio-net', { sink }) });
+  sender.onNeedsReset = () => setBroken(true);
   const pio = new PioBus();
   const mmio = new MmioBus();
   const bus = new PciBus({ pio, mmio });
@@ -265,9 +269,13 @@ export function hostileRig(): Rig {
   const bhs = (loop as unknown as { bhs: BottomHalfList }).bhs;
   const runMain = (rxReadable = false) => {
     if (pending.control) { pending.control = false; net.controlRun(); }
-    if (pending.tx) { pending.tx = false; net.txBhRun(); }
-    if (pending.rx || rxReadable) { pending.rx = false; net.rxKick(); }
-    if (pending.ctrl) { pending.ctrl = false; net.ctrlRun(); }
+    // Each rung doorbell runs its queue's event, as its bottom half would.
+    pending.queues.forEach((rung, i) => {
+      if (!rung) return;
+      pending.queues[i] = false;
+      net.onQueueEvent(i);
+    });
+    if (rxReadable) net.rxKick();
     bhs.runPass();
   };
   const close = () => {
@@ -277,7 +285,7 @@ export function hostileRig(): Rig {
     a.free();
     b.free();
   };
-  return { mem, backend, state, dev, vcpu, net, sender, pio, mmio, bus, offered, logLines, pending, home, runMain, close };
+  return { mem, backend, state, dev, vcpu, net, sender, pio, mmio, bus, offered, logLines, pending, pairs, home, runMain, close };
 }
 
 // ---- the guest's side: register accesses as the vCPU run loop dispatches them ----

@@ -42,6 +42,26 @@ export class SocketBackend implements NetBackend {
   private readonly buf = new libc.NativeBuffer(70000);
   private readonly iov = new libc.NativeBuffer(16);
   private closed = false;
+  /** A multi-queue backend's queues 1… (SocketBackend.multiQueue). */
+  moreQueues?: SocketBackend[];
+  /** What the device last asked of this queue (setQueueEnabled); a TAP steers no frame to a disabled queue. */
+  enabled = true;
+
+  /** A backend of `queues` queues, a socketpair each, as a multi-queue TAP has an fd per queue. */
+  static multiQueue(queues: number, opts: { sndbuf?: number } = {}): SocketBackend {
+    const b = new SocketBackend(opts);
+    b.moreQueues = Array.from({ length: queues - 1 }, () => new SocketBackend(opts));
+    return b;
+  }
+
+  /** Queue `q` (0: this one). */
+  queue(q: number): SocketBackend {
+    return q === 0 ? this : this.moreQueues![q - 1];
+  }
+
+  setQueueEnabled(on: boolean): void {
+    this.enabled = on;
+  }
 
   constructor(opts: { sndbuf?: number } = {}) {
     const sv = [-1, -1];
@@ -104,13 +124,15 @@ export class SocketBackend implements NetBackend {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const q of this.moreQueues ?? []) q.close();
     libc.close(this.fd);
     libc.close(this.peer);
   }
 }
 
 export class CountingIrq implements NetInterrupts {
-  queue = [0, 0, 0];
+  /** Interrupts per queue index. */
+  queue: number[] = new Array<number>(33).fill(0);
   config = 0;
   resets = 0;
   sendQueueInterrupt(q: number): void {

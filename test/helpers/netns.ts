@@ -20,10 +20,11 @@ export function netMissing(): string | null {
   return null;
 }
 
-export function testNet(t: ExecutionContext, name = 'tap0'): TestNet {
+/** `queues`: the TAP's queues, one per virtio-net queue pair (more than one: a multi-queue TAP). */
+export function testNet(t: ExecutionContext, name = 'tap0', queues = 1): TestNet {
   const ns = NetNamespace.create('tsvt');
   t.teardown(() => ns.delete());
-  const tap = ns.enter(() => Tap.open(name));
+  const tap = ns.enter(() => Tap.open(name, { queues }));
   t.teardown(() => tap.close());
   ns.must(['ip', 'addr', 'add', `${HOST_IP}/${SANDBOX_PREFIX}`, 'dev', name]);
   ns.must(['ip', 'link', 'set', name, 'up']);

@@ -13,9 +13,10 @@ import { InterruptSender, type IrqSink } from '../virtio/interrupt-sender.js';
 import type { VcpuDeviceSpec } from '../virtio/vcpu-devices.js';
 import { offeredFeatureSet, VIRTIO_F_VERSION_1 } from './virtio-net-features.js';
 import { FeatureSet } from '../virtio/feature-set.js';
-import { VirtioNetConfig, VIRTIO_NET_NUM_QUEUES } from './virtio-net-config.js';
+import { VirtioNetConfig, netQueueCount, netQueueSizes } from './virtio-net-config.js';
 import { VirtioNet } from './virtio-net.js';
-import { resolveNetOptions, type ResolvedNetOptions, type VirtioNetOptions } from './virtio-net-options.js';
+import { defaultQueuePairs, resolveNetOptions, type ResolvedNetOptions, type VirtioNetOptions } from './virtio-net-options.js';
+import { TsvisorError } from '../../errors.js';
 import type { VirtioNetVcpuData } from './virtio-net-vcpu.js';
 
 export interface NetBootOptions extends VirtioNetOptions {
@@ -48,8 +49,6 @@ const LINK_POLL_MS = 500;
 /** GSIs of the irqfd routes, above the IOAPIC's 24 pins. */
 const IRQFD_GSI_BASE = 32;
 
-/** MSI-X vectors: one per queue plus config (QEMU's virtio-net: 2 * pairs + 2). */
-const NET_MSIX_VECTORS = VIRTIO_NET_NUM_QUEUES + 1;
 
 export class NetSetup {
   readonly spec: VcpuDeviceSpec;
@@ -63,20 +62,31 @@ export class NetSetup {
   private device: VirtioNet | null = null;
   private irqfds: number[] = [];
   private linkTimer: NodeJS.Timeout | undefined;
+  /** MSI-X vectors: one per queue plus config (QEMU's virtio-net: 2 * pairs + 2). */
+  private readonly msixVectors: number;
 
-  /** Validates options and opens the TAP (TsvisorError on anything a user can fix). */
-  constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number) {
+  /**
+   * Validates options and opens the TAP (TsvisorError on anything a user can
+   * fix). `cpus` sizes the default number of queue pairs.
+   */
+  constructor(readonly opts: NetBootOptions, pciSlot: number, intxGsi: number, cpus = 1) {
     const o = resolveNetOptions(opts);
     this.resolved = o;
     this.ownsBackend = typeof opts.tap === 'string';
-    this.backend = typeof opts.tap === 'string' ? Tap.open(opts.tap) : opts.tap;
+    this.backend = typeof opts.tap === 'string' ? openTap(opts.tap, o.queues, cpus) : opts.tap;
     try {
+      const pairs = 1 + (this.backend.moreQueues?.length ?? 0);
+      if (o.queues !== undefined && o.queues !== pairs) {
+        throw new TsvisorError(`--net queues=${o.queues} does not match the ${pairs} queue(s) of the backend ${this.backend.name} given opened`, 2, `give queues=${pairs}, or open the backend with ${o.queues} queues`);
+      }
       // The transport adds VERSION_1 on the modern interface only. Words, not a set: this crosses to the worker.
-      const deviceFeatures = offeredFeatureSet({ backendOffloads: this.backend.supportedOffloads, mtu: o.mtuGiven }).without(FeatureSet.of(VIRTIO_F_VERSION_1)).toWords();
-      this.config = VirtioNetConfig.create(o.mac, o.mtu);
-      const sab = createTransportState({ numQueues: VIRTIO_NET_NUM_QUEUES, queueMaxSizes: o.queueSizes, msixVectors: NET_MSIX_VECTORS, deviceFeatures, intxGsi });
+      const deviceFeatures = offeredFeatureSet({ backendOffloads: this.backend.supportedOffloads, mtu: o.mtuGiven, queuePairs: pairs }).without(FeatureSet.of(VIRTIO_F_VERSION_1)).toWords();
+      this.config = VirtioNetConfig.create(o.mac, o.mtu, pairs);
+      const queueSizes = netQueueSizes(opts, pairs);
+      this.msixVectors = netQueueCount(pairs) + 1;
+      const sab = createTransportState({ numQueues: netQueueCount(pairs), queueMaxSizes: queueSizes, msixVectors: this.msixVectors, deviceFeatures, intxGsi });
       this.state = new TransportState(sab);
-      this.vcpuData = { shared: this.config.buffer, queueSizes: o.queueSizes, deviceFeatures, doorbellFds: { rx: -1, tx: -1, ctrl: -1, control: -1 } };
+      this.vcpuData = { shared: this.config.buffer, queueSizes, deviceFeatures, doorbellFds: { queues: [], control: -1 } };
       this.spec = { kind: 'virtio-net', pciSlot, sharedState: sab, doorbellFds: { reset: -1 }, deviceState: this.config.buffer, options: { net: this.vcpuData } };
     } catch (e) {
       if (this.ownsBackend) this.backend.close();
@@ -92,7 +102,7 @@ export class NetSetup {
    */
   private irqfdSink(vm: VmHandle): IrqSink {
     try {
-      const ringers = Array.from({ length: NET_MSIX_VECTORS }, (_, v) => {
+      const ringers = Array.from({ length: this.msixVectors }, (_, v) => {
         const fd = eventfd(0, EFD_CLOEXEC);
         if (fd < 0) throw new SyscallError('eventfd', errno());
         this.irqfds.push(fd);
@@ -123,11 +133,12 @@ export class NetSetup {
     const sender = new InterruptSender(this.state, irq);
     const dev = new VirtioNet(loop, memory, this.backend, this.state, this.config, sender, this.resolved);
     const d = dev.doorbells;
-    this.vcpuData.doorbellFds = { rx: d.rx.fd, tx: d.tx.fd, ctrl: d.ctrl.fd, control: d.control.fd };
+    const queueFds = d.queues.map((b) => b.fd);
+    this.vcpuData.doorbellFds = { queues: queueFds, control: d.control.fd };
     // The transport's reset hand-shake rings the same control doorbell.
     this.spec.doorbellFds.reset = d.control.fd;
-    // Queue order: RX 0, TX 1, control 2.
-    if (this.opts.ioeventfd) this.spec.ioeventfdFds = [d.rx.fd, d.tx.fd, d.ctrl.fd];
+    // One per queue index, in the transport's order (virtio-net-config.ts's layout).
+    if (this.opts.ioeventfd) this.spec.ioeventfdFds = queueFds;
     this.device = dev;
     dev.onBackendLost = (message) => {
       if (this.linkTimer) clearInterval(this.linkTimer);
@@ -159,5 +170,20 @@ export class NetSetup {
     for (const fd of this.irqfds) close(fd);
     this.irqfds = [];
     if (this.ownsBackend) this.backend.close();
+  }
+}
+
+/**
+ * Opens TAP `name` with `queues` queues (one per pair), or by default one per
+ * vCPU. An existing single-queue TAP cannot take IFF_MULTI_QUEUE: without an
+ * explicit queues= the NIC then gets one pair, as before multiqueue.
+ */
+function openTap(name: string, queues: number | undefined, cpus: number): Tap {
+  const n = queues ?? defaultQueuePairs(cpus);
+  try {
+    return Tap.open(name, { queues: n });
+  } catch (e) {
+    if (queues !== undefined || n === 1) throw e;
+    return Tap.open(name);
   }
 }

@@ -3,7 +3,7 @@
 //
 //   bytes [0, 12)   struct virtio_net_config as the guest reads it:
 //                     0 mac[6]   6 status u16   8 max_virtqueue_pairs u16   10 mtu u16
-//   Int32 words     TX_WAITING (QEMU VirtIONetQueue.tx_waiting), plus kick counters
+//   Int32 words     TX_WAITING per queue pair (QEMU VirtIONetQueue.tx_waiting), plus kick counters
 //
 // The vCPU thread answers config reads and writes from here; the main thread
 // changes status (link, announce) and mac (CTRL_MAC_ADDR_SET) here. Status is
@@ -13,7 +13,7 @@
 import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_MAC_ADDR } from './virtio-net-features.js';
 import type { FeatureBits } from '../virtio/feature-set.js';
 import { TsvisorError } from '../../errors.js';
-import { macBytes, parseMac as parseMacText } from '../../net/net-option.js';
+import { MAX_NET_QUEUES, macBytes, parseMac as parseMacText } from '../../net/net-option.js';
 
 export const VIRTIO_NET_S_LINK_UP = 1;
 export const VIRTIO_NET_S_ANNOUNCE = 2;
@@ -28,10 +28,10 @@ export const VIRTIO_NET_CONFIG_SIZE = 12;
 /** QEMU's default MAC prefix and address, stable across runs. */
 export { DEFAULT_MAC } from '../../net/net-option.js';
 
-// Int32 word indices after the config bytes.
+// Int32 word indices after the config bytes: pair p's tx_waiting is NET_WORD_TX_WAITING + p.
 export const NET_WORD_TX_WAITING = 0;
 const WORDS_OFFSET = 16;
-const WORDS = 4;
+const WORDS = 16;
 // Float64 counters the vCPU thread increments (single writer, read by the main thread).
 export const NET_CTR_TX_KICKS = 0;
 export const NET_CTR_RX_KICKS = 1;
@@ -69,12 +69,12 @@ export class VirtioNetConfig {
     this.counters = new Float64Array(buffer, CTR_OFFSET, CTRS);
   }
 
-  /** A fresh shared state: `mac`, link up, one queue pair, `mtu`. */
-  static create(mac: Uint8Array, mtu = 1500): VirtioNetConfig {
+  /** A fresh shared state: `mac`, link up, `pairs` queue pairs (max_virtqueue_pairs), `mtu`. */
+  static create(mac: Uint8Array, mtu = 1500, pairs = 1): VirtioNetConfig {
     const c = new VirtioNetConfig(new SharedArrayBuffer(VIRTIO_NET_SHARED_BYTES));
     c.setMac(mac);
     c.status = VIRTIO_NET_S_LINK_UP;
-    c.dv.setUint16(VIRTIO_NET_CONFIG_MAX_VQ_PAIRS, 1, true);
+    c.dv.setUint16(VIRTIO_NET_CONFIG_MAX_VQ_PAIRS, pairs, true);
     c.dv.setUint16(VIRTIO_NET_CONFIG_MTU, mtu, true);
     return c;
   }
@@ -101,6 +101,11 @@ export class VirtioNetConfig {
 
   clearStatusBits(bits: number): void {
     Atomics.and(this.u16, VIRTIO_NET_CONFIG_STATUS / 2, ~bits & 0xffff);
+  }
+
+  /** max_virtqueue_pairs: the queue pairs the device has. */
+  get maxQueuePairs(): number {
+    return this.dv.getUint16(VIRTIO_NET_CONFIG_MAX_VQ_PAIRS, true);
   }
 
   get mtu(): number {
@@ -144,11 +149,48 @@ export class VirtioNetConfig {
 
 // ---- device shape ----
 
-/** Queue indices: one RX/TX pair, then the control queue (virtio 1.2 §5.1.2). */
+/**
+ * Queue indices (virtio 1.2 §5.1.2): receiveq1, transmitq1, …, receiveqN,
+ * transmitqN, then controlq at 2N, N being max_virtqueue_pairs once the driver
+ * has negotiated VIRTIO_NET_F_MQ. Without MQ, N is 1 whatever the device has:
+ * controlq is queue 2 and the queues after it carry nothing. (QEMU re-creates
+ * its queues once the driver's features are known, virtio_net_set_multiqueue;
+ * tsvisor keeps 2N+1 in the transport and reads an index by this layout.)
+ */
 export const VIRTIO_NET_RX_QUEUE = 0;
 export const VIRTIO_NET_TX_QUEUE = 1;
+/** The control queue's index with one queue pair (or without MQ). */
 export const VIRTIO_NET_CTRL_QUEUE = 2;
-export const VIRTIO_NET_NUM_QUEUES = 3;
+/** Queue pairs a device can have here (QEMU allows more; a pair costs a TAP fd, a bottom half and two MSI-X vectors). */
+export const VIRTIO_NET_MAX_QUEUE_PAIRS = MAX_NET_QUEUES;
+
+// What a queue index is (queueRole).
+export const QUEUE_RX = 0;
+export const QUEUE_TX = 1;
+export const QUEUE_CTRL = 2;
+/** Past the control queue: no queue the driver may use. */
+export const QUEUE_NONE = 3;
+
+/** Queues a device with `pairs` queue pairs has: 2N + 1. */
+export function netQueueCount(pairs: number): number {
+  return 2 * pairs + 1;
+}
+
+/** The control queue's index: 2N with MQ negotiated, else 2. */
+export function ctrlQueueIndex(pairs: number, mq: boolean): number {
+  return mq ? 2 * pairs : VIRTIO_NET_CTRL_QUEUE;
+}
+
+/** What queue `index` is (QUEUE_*); its pair is `index >> 1`. Allocation-free: it runs on the exit path. */
+export function queueRole(index: number, pairs: number, mq: boolean): number {
+  const ctrl = ctrlQueueIndex(pairs, mq);
+  if (index === ctrl) return QUEUE_CTRL;
+  if (!(index >= 0 && index < ctrl)) return QUEUE_NONE;
+  return index & 1 ? QUEUE_TX : QUEUE_RX;
+}
+
+export const rxQueueIndex = (pair: number): number => 2 * pair;
+export const txQueueIndex = (pair: number): number => 2 * pair + 1;
 /** Virtio device id of a network card. */
 export const VIRTIO_ID_NET = 1;
 
@@ -174,7 +216,16 @@ export function checkQueueSize(option: string, size: number | undefined): number
   return s;
 }
 
-/** Max sizes of [rx, tx, ctrl], validated. */
-export function netQueueSizes(opts: { rxQueueSize?: number; txQueueSize?: number }): number[] {
-  return [checkQueueSize('the net option rxQueueSize', opts.rxQueueSize), checkQueueSize('the net option txQueueSize', opts.txQueueSize), VIRTIO_NET_CTRL_QUEUE_SIZE];
+/**
+ * Max sizes of every queue index of a device with `pairs` pairs, validated:
+ * [rx, tx, …, rx, tx, ctrl]. (Without MQ, queue 2 is the control queue with
+ * an RX queue's larger maximum: the driver picks any size up to it.)
+ */
+export function netQueueSizes(opts: { rxQueueSize?: number; txQueueSize?: number }, pairs = 1): number[] {
+  const rx = checkQueueSize('the net option rxQueueSize', opts.rxQueueSize);
+  const tx = checkQueueSize('the net option txQueueSize', opts.txQueueSize);
+  const sizes: number[] = [];
+  for (let p = 0; p < pairs; p++) sizes.push(rx, tx);
+  sizes.push(VIRTIO_NET_CTRL_QUEUE_SIZE);
+  return sizes;
 }

@@ -12,7 +12,7 @@ import { ChainReader, ChainWriter, DescriptorChain, type Virtqueue } from '../vi
 import { MAC_TABLE_ENTRIES, type RxFilter } from './rx-filter.js';
 import { formatMac, VIRTIO_NET_CTRL_QUEUE, VIRTIO_NET_S_ANNOUNCE, type VirtioNetConfig } from './virtio-net-config.js';
 import type { NetPathContext } from './virtio-net-context.js';
-import { VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX } from './virtio-net-features.js';
+import { VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_MQ } from './virtio-net-features.js';
 
 export const VIRTIO_NET_OK = 0;
 export const VIRTIO_NET_ERR = 1;
@@ -29,6 +29,8 @@ export const VIRTIO_NET_CTRL_MAC_ADDR_SET = 1;
 export const VIRTIO_NET_CTRL_VLAN = 2;
 export const VIRTIO_NET_CTRL_ANNOUNCE = 3;
 export const VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0;
+export const VIRTIO_NET_CTRL_MQ = 4;
+export const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0;
 export { MAC_TABLE_ENTRIES };
 /** Largest control command read (header included): a MAC table of ~10 000 addresses; longer ones get VIRTIO_NET_ERR. */
 export const CTRL_MAX_COMMAND = 2 + 8 + 6 * 10_000;
@@ -43,6 +45,11 @@ export interface CtrlTarget {
   readonly config: VirtioNetConfig;
   /** Whether negotiated feature bit `bit` is set. */
   has(bit: number): boolean;
+  /**
+   * VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET, once its value is checked: from now on
+   * only pairs [0, n) carry frames. Absent: the device has one pair.
+   */
+  setQueuePairs?(n: number): void;
 }
 
 /** Executes one command; returns the ack (VIRTIO_NET_OK or VIRTIO_NET_ERR). */
@@ -58,9 +65,20 @@ export function handleCtrlCommand(t: CtrlTarget, cls: number, cmd: number, data:
         return VIRTIO_NET_OK;
       }
       return VIRTIO_NET_ERR;
+    case VIRTIO_NET_CTRL_MQ:
+      return ctrlMq(t, cmd, data);
     default:
       return VIRTIO_NET_ERR;
   }
+}
+
+/** QEMU virtio_net_handle_mq: le16 virtqueue_pairs in [1, max_virtqueue_pairs]; RSS and hash reporting are not offered. */
+function ctrlMq(t: CtrlTarget, cmd: number, data: Uint8Array): number {
+  if (cmd !== VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET || !t.has(VIRTIO_NET_F_MQ) || data.length !== 2 || !t.setQueuePairs) return VIRTIO_NET_ERR;
+  const n = data[0] | (data[1] << 8);
+  if (n < 1 || n > t.config.maxQueuePairs) return VIRTIO_NET_ERR;
+  t.setQueuePairs(n);
+  return VIRTIO_NET_OK;
 }
 
 function ctrlRx(t: CtrlTarget, cmd: number, data: Uint8Array): number {
@@ -126,6 +144,8 @@ export class ControlQueue {
     private readonly ctx: NetPathContext,
     private readonly target: CtrlTarget,
     private readonly burst = CTRL_BURST,
+    /** The control queue's index now (it moves to 2N when the driver negotiates MQ). */
+    private readonly queueIndex: () => number = () => VIRTIO_NET_CTRL_QUEUE,
   ) {
     this.reader = new ChainReader(memory);
     this.writer = new ChainWriter(memory);
@@ -177,7 +197,7 @@ export class ControlQueue {
       pushed++;
     }
     if (pushed > 0 && q.needsNotification()) {
-      ctx.irq.sendQueueInterrupt(VIRTIO_NET_CTRL_QUEUE);
+      ctx.irq.sendQueueInterrupt(this.queueIndex());
       s.ctrlInterrupts++;
     }
     return result;

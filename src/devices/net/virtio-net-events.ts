@@ -1,56 +1,33 @@
 // How events reach virtio-net on the main thread (as Firecracker splits
-// net/event_handler.rs from net/device.rs): four bottom halves, the eventfd
-// doorbells that schedule them, and the watch on the backend fd. This layer
-// owns those objects and dispatches each event to one method of the device;
-// the device and its TX/RX paths ask for events only through the small
-// interfaces they declare (TxEvents, RxEvents).
+// net/event_handler.rs from net/device.rs): a bottom half and an eventfd
+// doorbell per queue, one for status changes, and a watch on each queue
+// pair's backend fd. This layer owns those objects and dispatches each event
+// to one method of the device; the device and its TX/RX paths ask for events
+// only through the small interfaces they declare (TxEvents, RxEvents).
 //
-//   doorbell tx      ← vCPU handle_tx, or KVM ioeventfd  → BH virtio-net-tx      → onTxBottomHalf
-//   doorbell rx      ← RX queue kick                      → BH virtio-net-rx-kick → onRxKick
-//   doorbell ctrl    ← control queue kick                 → BH virtio-net-ctrl    → onCtrlKick
-//   doorbell control ← status change, reset hand-shake    → BH virtio-net-control → onControl
-//   backend fd       readable / writable / POLLERR        → onBackendReadable / onBackendWritable / onBackendError
+//   doorbell queue i ← vCPU notify, or KVM ioeventfd → BH virtio-net-qI → onQueueEvent(i)
+//                      (i is an RX, TX or the control queue by virtio-net-config.ts's layout;
+//                      a TX queue's BH is its bottom half, QEMU's tx_bh)
+//   doorbell control ← status change, reset hand-shake → BH virtio-net-control → onControl
+//   pair p's backend fd: readable / writable / POLLERR → onBackendReadable(p) / onBackendWritable(p) / onBackendError(p)
 import type { BottomHalf, Doorbell, FdHandler, MainLoop } from '../../loop/main-loop.js';
 import type { RxEvents } from './virtio-net-rx.js';
 import type { TxEvents } from './virtio-net-tx.js';
+import { rxQueueIndex, txQueueIndex } from './virtio-net-config.js';
 
 /** The device's handlers, one per event. */
 export interface VirtioNetEventTarget {
-  onTxBottomHalf(): void;
-  onRxKick(): void;
-  onCtrlKick(): void;
+  /** Queue `index` was kicked, or its bottom half rescheduled. */
+  onQueueEvent(index: number): void;
   onControl(): void;
-  onBackendReadable(): void;
-  onBackendWritable(): void;
-  onBackendError(): void;
+  onBackendReadable(pair: number): void;
+  onBackendWritable(pair: number): void;
+  onBackendError(pair: number): void;
 }
 
-export class VirtioNetEvents implements TxEvents, RxEvents {
-  /** Eventfds the vCPU side (or a KVM ioeventfd) rings, one per queue, plus `control` for status/reset. */
-  readonly doorbells: { rx: Doorbell; tx: Doorbell; ctrl: Doorbell; control: Doorbell };
-  readonly txBh: BottomHalf;
-  readonly rxKickBh: BottomHalf;
-  readonly ctrlBh: BottomHalf;
-  readonly controlBh: BottomHalf;
-  private readonly fd: FdHandler;
-
-  constructor(loop: MainLoop, backendFd: number, target: VirtioNetEventTarget) {
-    this.txBh = loop.newBh('virtio-net-tx', () => target.onTxBottomHalf());
-    this.rxKickBh = loop.newBh('virtio-net-rx-kick', () => target.onRxKick());
-    this.ctrlBh = loop.newBh('virtio-net-ctrl', () => target.onCtrlKick());
-    this.controlBh = loop.newBh('virtio-net-control', () => target.onControl());
-    this.doorbells = {
-      tx: loop.newDoorbell('virtio-net-tx', this.txBh),
-      rx: loop.newDoorbell('virtio-net-rx', this.rxKickBh),
-      ctrl: loop.newDoorbell('virtio-net-ctrl', this.ctrlBh),
-      control: loop.newDoorbell('virtio-net-control', this.controlBh),
-    };
-    this.fd = loop.watchFd(backendFd, {
-      onReadable: () => target.onBackendReadable(),
-      onWritable: () => target.onBackendWritable(),
-      onError: () => target.onBackendError(),
-    }, { readable: false, writable: false });
-  }
+/** One queue pair's events: its TX bottom half and its backend fd. */
+class PairEvents implements TxEvents, RxEvents {
+  constructor(private readonly txBh: BottomHalf, private readonly fd: FdHandler) {}
 
   scheduleTx(): void {
     this.txBh.schedule();
@@ -68,41 +45,82 @@ export class VirtioNetEvents implements TxEvents, RxEvents {
     this.fd.setReadable(on);
   }
 
-  /** Kicks that arrived before DRIVER_OK found nothing active: run every queue's bottom half once. */
-  scheduleAllQueues(): void {
-    this.txBh.schedule();
-    this.rxKickBh.schedule();
-    this.ctrlBh.schedule();
-  }
-
-  /** Device reset or error: nothing pending, the backend unwatched. */
-  quiesce(): void {
-    this.txBh.cancel();
-    this.rxKickBh.cancel();
-    this.ctrlBh.cancel();
+  unwatch(): void {
     this.fd.setReadable(false);
     this.fd.setWritable(false);
   }
 
-  /** A guest error stopped the device: no TX run pending, the backend unwatched (RX and control runs find it stopped). */
-  stopDataPath(): void {
-    this.txBh.cancel();
-    this.fd.setReadable(false);
-    this.fd.setWritable(false);
-  }
-
-  /** The backend is gone: stop watching its fd for good. */
-  closeBackendWatch(): void {
-    this.fd.close();
-  }
-
-  /** Everything released (the backend fd itself stays open: its owner closes it). */
   close(): void {
     this.fd.close();
-    this.txBh.delete();
-    this.rxKickBh.delete();
-    this.ctrlBh.delete();
+  }
+}
+
+export class VirtioNetEvents {
+  /** Eventfds the vCPU side (or a KVM ioeventfd) rings: one per queue index, plus `control` for status/reset. */
+  readonly doorbells: { queues: Doorbell[]; control: Doorbell };
+  /** Per queue index. */
+  readonly queueBhs: BottomHalf[];
+  readonly controlBh: BottomHalf;
+  /** Per queue pair. */
+  readonly pairs: PairEvents[];
+
+  /** `backendFds[p]` is queue pair p's; the device has 2 * pairs + 1 queues. */
+  constructor(loop: MainLoop, backendFds: readonly number[], target: VirtioNetEventTarget) {
+    const queues = 2 * backendFds.length + 1;
+    this.queueBhs = Array.from({ length: queues }, (_, i) => loop.newBh(`virtio-net-q${i}`, () => target.onQueueEvent(i)));
+    this.controlBh = loop.newBh('virtio-net-control', () => target.onControl());
+    this.doorbells = {
+      queues: this.queueBhs.map((bh, i) => loop.newDoorbell(`virtio-net-q${i}`, bh)),
+      control: loop.newDoorbell('virtio-net-control', this.controlBh),
+    };
+    this.pairs = backendFds.map((fd, p) => new PairEvents(this.queueBhs[txQueueIndex(p)], loop.watchFd(fd, {
+      onReadable: () => target.onBackendReadable(p),
+      onWritable: () => target.onBackendWritable(p),
+      onError: () => target.onBackendError(p),
+    }, { readable: false, writable: false })));
+  }
+
+  scheduleQueue(index: number): void {
+    this.queueBhs[index]?.schedule();
+  }
+
+  /** Kicks that arrived before DRIVER_OK found nothing active: run every queue's bottom half once. */
+  scheduleAllQueues(): void {
+    for (const bh of this.queueBhs) bh.schedule();
+  }
+
+  /** Device reset: nothing pending, the backends unwatched. */
+  quiesce(): void {
+    for (const bh of this.queueBhs) bh.cancel();
+    for (const p of this.pairs) p.unwatch();
+  }
+
+  /** A guest error stopped the device: no TX run pending, the backends unwatched (RX and control runs find it stopped). */
+  stopDataPath(): void {
+    for (let p = 0; p < this.pairs.length; p++) {
+      this.queueBhs[txQueueIndex(p)].cancel();
+      this.pairs[p].unwatch();
+    }
+  }
+
+  /** Pair `p` was turned off (VIRTIO_NET_CTRL_MQ): nothing pending for it, its backend unwatched. */
+  stopPair(p: number): void {
+    this.queueBhs[rxQueueIndex(p)].cancel();
+    this.queueBhs[txQueueIndex(p)].cancel();
+    this.pairs[p].unwatch();
+  }
+
+  /** The backend is gone: stop watching its fds for good. */
+  closeBackendWatch(): void {
+    for (const p of this.pairs) p.close();
+  }
+
+  /** Everything released (the backend fds themselves stay open: their owner closes them). */
+  close(): void {
+    for (const p of this.pairs) p.close();
+    for (const bh of this.queueBhs) bh.delete();
     this.controlBh.delete();
-    for (const d of Object.values(this.doorbells)) d.close();
+    for (const d of this.doorbells.queues) d.close();
+    this.doorbells.control.close();
   }
 }

@@ -111,11 +111,14 @@ export interface OfferOptions {
   backendOffloads: number;
   /** Offer VIRTIO_NET_F_MTU (config `mtu`). */
   mtu?: boolean;
+  /** Queue pairs (config max_virtqueue_pairs); more than one offers VIRTIO_NET_F_MQ. Default 1. */
+  queuePairs?: number;
 }
 
 /**
- * The device features tsvisor offers (QEMU's virtio-net defaults, minus MQ,
- * CTRL_VLAN, CTRL_GUEST_OFFLOADS and the rest it does not implement). Guest
+ * The device features tsvisor offers (QEMU's virtio-net defaults, minus
+ * CTRL_VLAN, CTRL_GUEST_OFFLOADS and the rest it does not implement; MQ with
+ * more than one queue pair, as QEMU offers it only then). Guest
  * offloads (GUEST_*) are offered only when the backend can hand such packets
  * over; host offloads (HOST_*) need the backend to take GSO frames, which a
  * vnet_hdr TAP does (the kernel segments them).
@@ -135,6 +138,7 @@ export function offeredFeatureSet(opts: OfferOptions): FeatureSet {
     VIRTIO_RING_F_INDIRECT_DESC,
   ];
   if (opts.mtu) bits.push(VIRTIO_NET_F_MTU);
+  if ((opts.queuePairs ?? 1) > 1) bits.push(VIRTIO_NET_F_MQ);
   const off = opts.backendOffloads;
   if (off & TUN_F_CSUM) {
     bits.push(VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM);

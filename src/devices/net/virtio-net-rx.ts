@@ -13,7 +13,8 @@ import { NativeBuffer, EAGAIN, EBADFD, EINTR } from '../../sys/libc.js';
 import { ChainWriter, copyToChains, DescriptorChain, type Virtqueue } from '../virtio/virtqueue.js';
 import { Iovecs, IOV_MAX } from './iovec.js';
 import { rxFilterAccepts, type RxFilter } from './rx-filter.js';
-import { VIRTIO_NET_RX_QUEUE } from './virtio-net-config.js';
+import { rxQueueIndex } from './virtio-net-config.js';
+import type { NetBackend } from '../../net/tap.js';
 import type { NetPathContext } from './virtio-net-context.js';
 
 /** The largest frame (header included) a guest with GSO offloads can be handed: 64 KiB + headers. */
@@ -48,6 +49,10 @@ export class NetRx {
   private waiting = false;
   /** Length of a frame held in the bounce buffer, waiting for buffers; -1 for none. */
   private heldLen = -1;
+  /** The queue index its interrupts name. */
+  private readonly queueIndex: number;
+  /** Frames this queue delivered (the device's counters hold the total). */
+  packets = 0;
 
   constructor(
     readonly queue: Virtqueue,
@@ -56,7 +61,11 @@ export class NetRx {
     private readonly events: RxEvents,
     private readonly filter: RxFilter,
     readonly burst: number,
+    /** The queue pair this is the receiveq of, and that pair's backend queue. */
+    readonly pair = 0,
+    private readonly backend: NetBackend = ctx.backend,
   ) {
+    this.queueIndex = rxQueueIndex(pair);
     this.iov = new Iovecs(memory);
     this.bounce = new NativeBuffer(RX_MAX_GSO_FRAME + 64);
     this.bounceIov = new Iovecs(memory, 1);
@@ -145,7 +154,7 @@ export class NetRx {
     q.flush(this.pending);
     this.pending = 0;
     if (q.needsNotification()) {
-      this.ctx.irq.sendQueueInterrupt(VIRTIO_NET_RX_QUEUE);
+      this.ctx.irq.sendQueueInterrupt(this.queueIndex);
       this.ctx.counters.rxInterrupts++;
     }
   }
@@ -234,10 +243,10 @@ export class NetRx {
     let len: number;
     if (space >= need) {
       // Room for the largest possible frame: read straight into guest RAM.
-      len = ctx.backend.readv(this.iov.address, this.iov.count);
+      len = this.backend.readv(this.iov.address, this.iov.count);
     } else {
       // Less room than a maximum frame: read into the bounce buffer, then see if it fits.
-      len = ctx.backend.readv(this.bounceIov.address, 1);
+      len = this.backend.readv(this.bounceIov.address, 1);
     }
     if (len < 0) {
       q.unpop(n);
@@ -311,6 +320,7 @@ export class NetRx {
     if (hdrLen >= NUM_BUFFERS_OFFSET + 2) first.writeU16(NUM_BUFFERS_OFFSET, mergeable ? used : 1);
     this.pending += used;
     ctx.counters.rxPackets++;
+    this.packets++;
     ctx.counters.rxBytes += len - hdrLen;
     // Publish before the pending entries could wrap the used ring.
     if (this.pending >= q.size) this.publish();

@@ -15,9 +15,10 @@
 import { EAGAIN, EBADFD, EINTR } from '../../sys/libc.js';
 import { DescriptorChain, type Virtqueue } from '../virtio/virtqueue.js';
 import { Iovecs } from './iovec.js';
-import { NET_WORD_TX_WAITING, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_TX_QUEUE } from './virtio-net-config.js';
+import { NET_WORD_TX_WAITING, VIRTIO_NET_S_LINK_UP, txQueueIndex } from './virtio-net-config.js';
 import type { NetPathContext } from './virtio-net-context.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { NetBackend } from '../../net/tap.js';
 
 /** How the TX path asks for events (the event layer provides it). */
 export interface TxEvents {
@@ -35,17 +36,28 @@ export class NetTx {
   /** The fd watch failed while a chain was parked: EAGAIN on the retry drops it instead of waiting. */
   private dropParkedOnEagain = false;
   private readonly iov: Iovecs;
+  /** This pair's tx_waiting word (NET_WORD_TX_WAITING + pair), shared with the vCPU side. */
+  private readonly waitingWord: number;
+  /** The queue index its interrupts name. */
+  private readonly queueIndex: number;
+  /** Frames this queue sent (the device's counters hold the total). */
+  packets = 0;
 
   constructor(
     readonly queue: Virtqueue,
     memory: GuestMemory,
     private readonly ctx: NetPathContext,
     private readonly events: TxEvents,
-    /** NET_WORD_TX_WAITING lives here (shared with the vCPU side). */
+    /** The tx_waiting words live here (shared with the vCPU side). */
     private readonly words: Int32Array,
     readonly burst: number,
+    /** The queue pair this is the transmitq of, and that pair's backend queue. */
+    readonly pair = 0,
+    private readonly backend: NetBackend = ctx.backend,
   ) {
     this.iov = new Iovecs(memory);
+    this.waitingWord = NET_WORD_TX_WAITING + pair;
+    this.queueIndex = txQueueIndex(pair);
   }
 
   /** A chain is waiting for the backend to become writable. */
@@ -57,12 +69,12 @@ export class NetTx {
   reset(): void {
     this.hasParked = false;
     this.dropParkedOnEagain = false;
-    Atomics.store(this.words, NET_WORD_TX_WAITING, 0);
+    Atomics.store(this.words, this.waitingWord, 0);
   }
 
   /** The TX bottom half (QEMU virtio_net_tx_bh). */
   bottomHalf(): void {
-    Atomics.store(this.words, NET_WORD_TX_WAITING, 0);
+    Atomics.store(this.words, this.waitingWord, 0);
     const ctx = this.ctx;
     const q = this.queue;
     if (!ctx.running || !q.ready) return;
@@ -76,7 +88,7 @@ export class NetTx {
     if (sent >= this.burst) {
       // More may be waiting and no kick will come for it: run again next pass.
       ctx.counters.txBurstReschedules++;
-      Atomics.store(this.words, NET_WORD_TX_WAITING, 1);
+      Atomics.store(this.words, this.waitingWord, 1);
       this.events.scheduleTx();
       return;
     }
@@ -84,7 +96,7 @@ export class NetTx {
       // The guest added buffers after our last pop and before kicks were back on.
       ctx.counters.txRaceRechecks++;
       q.setNotification(false);
-      Atomics.store(this.words, NET_WORD_TX_WAITING, 1);
+      Atomics.store(this.words, this.waitingWord, 1);
       this.events.scheduleTx();
     }
   }
@@ -172,8 +184,8 @@ export class NetTx {
         result = -1;
         break;
       }
-      let r = ctx.backend.writev(iov.address, iov.count);
-      if (r === -EINTR) r = ctx.backend.writev(iov.address, iov.count);
+      let r = this.backend.writev(iov.address, iov.count);
+      if (r === -EINTR) r = this.backend.writev(iov.address, iov.count);
       if (r === -EAGAIN && this.hasParked && this.dropParkedOnEagain) {
         // The watch failed while this chain waited (pollError): drop it rather than wait again.
         this.hasParked = false;
@@ -211,6 +223,7 @@ export class NetTx {
         }
       } else {
         s.txPackets++;
+        this.packets++;
         s.txBytes += chain.readableBytes - hdrLen;
       }
       q.fill(chain.head, 0, filled++);
@@ -226,7 +239,7 @@ export class NetTx {
     const q = this.queue;
     q.flush(filled);
     if (q.needsNotification()) {
-      this.ctx.irq.sendQueueInterrupt(VIRTIO_NET_TX_QUEUE);
+      this.ctx.irq.sendQueueInterrupt(this.queueIndex);
       this.ctx.counters.txInterrupts++;
     }
     return 0;

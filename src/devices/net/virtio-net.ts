@@ -4,6 +4,12 @@
 // negotiated state, the RX filter, the counters and the link state, and
 // hands events to the paths that do the work:
 //
+// With several queue pairs (VIRTIO_NET_F_MQ) each pair has its own NetTx,
+// NetRx and backend queue (a multi-queue TAP's fd), as QEMU's VirtIONetQueue:
+// pair p's TX bottom half writes to fd p, and fd p's readable handler fills
+// receiveq p. Pairs the driver has not enabled (VIRTIO_NET_CTRL_MQ) carry
+// nothing: their fds are detached from the TAP, so tun steers no frame there.
+//
 //   virtio-net-tx.ts    TX: flush, park on EAGAIN, resume
 //   virtio-net-rx.ts    RX: fill, hold in the bounce buffer, mergeable buffers
 //   virtio-net-ctrl.ts  the control queue and its commands (rx-filter.ts)
@@ -28,11 +34,11 @@ import { VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_NEEDS_RESET } from '../virti
 import { strerror } from '../../sys/libc.js';
 import type { NetBackend } from '../../net/tap.js';
 import { GuestErrorLog } from '../virtio/guest-error-log.js';
-import { guestTakesGso, tunOffloadsFor, vnetHeaderSize, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_LEN } from './virtio-net-features.js';
+import { guestTakesGso, tunOffloadsFor, vnetHeaderSize, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_LEN } from './virtio-net-features.js';
 import { FeatureSet } from '../virtio/feature-set.js';
 import {
-  VIRTIO_NET_CTRL_QUEUE, VIRTIO_NET_NUM_QUEUES, VIRTIO_NET_RX_QUEUE, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, VIRTIO_NET_TX_QUEUE,
-  formatMac, type VirtioNetConfig,
+  QUEUE_CTRL, QUEUE_RX, QUEUE_TX, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP,
+  ctrlQueueIndex, formatMac, netQueueCount, queueRole, rxQueueIndex, txQueueIndex, type VirtioNetConfig,
 } from './virtio-net-config.js';
 import { defaultRxFilter, type RxFilter } from './rx-filter.js';
 import { ControlQueue, CTRL_MORE } from './virtio-net-ctrl.js';
@@ -54,11 +60,14 @@ export { resolveNetOptions, type ResolvedNetOptions, type VirtioNetOptions } fro
 const ETH_OVERHEAD = 14 + 4;
 
 export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
-  readonly rxq: Virtqueue;
-  readonly txq: Virtqueue;
+  /** Queue pairs the device has (max_virtqueue_pairs): one per backend queue. */
+  readonly pairs: number;
+  /** receiveq and transmitq of each pair. */
+  readonly rxqs: Virtqueue[];
+  readonly txqs: Virtqueue[];
   readonly ctrlq: Virtqueue;
-  /** Eventfds the vCPU side (or a KVM ioeventfd) rings, one per queue, plus `control` for status/reset. */
-  readonly doorbells: { rx: Doorbell; tx: Doorbell; ctrl: Doorbell; control: Doorbell };
+  /** Eventfds the vCPU side (or a KVM ioeventfd) rings, one per queue index, plus `control` for status/reset. */
+  readonly doorbells: { queues: Doorbell[]; control: Doorbell };
   readonly txBurst: number;
   readonly rxBurst: number;
   readonly filter: RxFilter = defaultRxFilter();
@@ -73,15 +82,21 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
   readonly negotiated: NetNegotiated & { readonly features: FeatureSet };
 
   private readonly events: VirtioNetEvents;
-  private readonly tx: NetTx;
-  private readonly rx: NetRx;
+  private readonly tx: NetTx[];
+  private readonly rx: NetRx[];
+  /** The backend queue of each pair (the first is `backend`). */
+  private readonly backends: readonly NetBackend[];
+  /** VIRTIO_NET_F_MQ negotiated (fixed at DRIVER_OK): the control queue is 2N, not 2. */
+  private mq = false;
+  /** Pairs that carry frames (QEMU curr_queue_pairs): 1 until the driver sets more. */
+  private activePairs = 1;
   private readonly ctrl: ControlQueue;
   private readonly resetHandshake: MainResetHandshake;
   private readonly initialMac: Uint8Array;
   private readonly mtu: number;
   private isActive_ = false;
   private broken = false;
-  private readonly queueGen = new Float64Array(VIRTIO_NET_NUM_QUEUES).fill(-1);
+  private readonly queueGen: Float64Array;
 
   constructor(
     loop: MainLoop,
@@ -99,16 +114,43 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     this.initialMac = config.mac;
     const n = { hdrLen: VIRTIO_NET_HDR_LEN, mergeable: false, rxMaxFrame: RX_MAX_GSO_FRAME, features: new FeatureSet(), has: (bit: number) => n.features.has(bit) };
     this.negotiated = n;
-    this.rxq = new Virtqueue(memory, transport.queueMaxSize(VIRTIO_NET_RX_QUEUE));
-    this.txq = new Virtqueue(memory, transport.queueMaxSize(VIRTIO_NET_TX_QUEUE));
-    this.ctrlq = new Virtqueue(memory, transport.queueMaxSize(VIRTIO_NET_CTRL_QUEUE));
-    this.events = new VirtioNetEvents(loop, backend.fd, this);
+    this.backends = [backend, ...(backend.moreQueues ?? [])];
+    const pairs = this.backends.length;
+    this.pairs = pairs;
+    this.queueGen = new Float64Array(netQueueCount(pairs)).fill(-1);
+    this.rxqs = Array.from({ length: pairs }, (_, p) => new Virtqueue(memory, transport.queueMaxSize(rxQueueIndex(p))));
+    this.txqs = Array.from({ length: pairs }, (_, p) => new Virtqueue(memory, transport.queueMaxSize(txQueueIndex(p))));
+    // The control queue is queue 2N with MQ and queue 2 without: either index's size may be chosen.
+    this.ctrlq = new Virtqueue(memory, Math.max(transport.queueMaxSize(ctrlQueueIndex(pairs, true)), transport.queueMaxSize(ctrlQueueIndex(pairs, false))));
+    this.events = new VirtioNetEvents(loop, this.backends.map((b) => b.fd), this);
     this.doorbells = this.events.doorbells;
-    this.tx = new NetTx(this.txq, memory, this, this.events, config.words, this.txBurst);
-    this.rx = new NetRx(this.rxq, memory, this, this.events, this.filter, this.rxBurst);
-    this.ctrl = new ControlQueue(this.ctrlq, memory, this, { filter: this.filter, config, has: n.has });
+    this.tx = this.txqs.map((q, p) => new NetTx(q, memory, this, this.events.pairs[p], config.words, this.txBurst, p, this.backends[p]));
+    this.rx = this.rxqs.map((q, p) => new NetRx(q, memory, this, this.events.pairs[p], this.filter, this.rxBurst, p, this.backends[p]));
+    const target = { filter: this.filter, config, has: n.has, setQueuePairs: (k: number) => this.setActivePairs(k) };
+    this.ctrl = new ControlQueue(this.ctrlq, memory, this, target, undefined, () => this.ctrlIndex);
+    // Until the driver enables more, only the first pair's backend queue takes frames.
+    this.enableBackendQueues(1);
     this.resetHandshake = new MainResetHandshake(transport);
     this.resetHandshake.attach();
+  }
+
+  /** receiveq and transmitq of the first pair. */
+  get rxq(): Virtqueue {
+    return this.rxqs[0];
+  }
+
+  get txq(): Virtqueue {
+    return this.txqs[0];
+  }
+
+  /** The control queue's index now. */
+  private get ctrlIndex(): number {
+    return ctrlQueueIndex(this.pairs, this.mq);
+  }
+
+  /** Pairs that carry frames now. */
+  get queuePairsEnabled(): number {
+    return this.activePairs;
   }
 
   /** The filter after a reset (promiscuous). */
@@ -143,7 +185,11 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
       active: this.isActive_,
       headerLength: this.negotiated.hdrLen,
       mergeableRxBuffers: this.negotiated.mergeable,
+      queuePairs: this.pairs,
+      queuePairsEnabled: this.activePairs,
       ...st,
+      // Frames per pair: which queues the traffic took.
+      pairPackets: this.tx.map((t, p) => ({ tx: t.packets, rx: this.rx[p].packets })),
       drops: { ...st.drops },
       deviceErrors: [...st.deviceErrors],
     };
@@ -153,9 +199,9 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     return this.isActive_;
   }
 
-  /** @internal The RX bounce buffer (host memory the backend may legitimately write; the hostile-guest rig checks against it). */
-  get rxBounceBuffer(): { address: bigint; size: number } {
-    return this.rx.bounce;
+  /** @internal The RX bounce buffers, one per pair (host memory the backend may legitimately write; the hostile-guest rig checks against it). */
+  get rxBounceBuffers(): { address: bigint; size: number }[] {
+    return this.rx.map((r) => r.bounce);
   }
 
   get headerLength(): number {
@@ -171,47 +217,44 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
 
   // ---------------------------------------------------------------- events
 
-  /** The TX bottom half (QEMU virtio_net_tx_bh). Public for tests. */
-  txBhRun(): void {
-    this.tx.bottomHalf();
+  /** Pair `pair`'s TX bottom half (QEMU virtio_net_tx_bh). Public for tests. */
+  txBhRun(pair = 0): void {
+    if (pair < this.activePairs) this.tx[pair].bottomHalf();
   }
 
-  /** The guest kicked the RX queue. Public for tests. */
-  rxKick(): void {
-    this.rx.kick();
+  /** The guest kicked pair `pair`'s RX queue. Public for tests. */
+  rxKick(pair = 0): void {
+    if (pair < this.activePairs) this.rx[pair].kick();
   }
 
   /** The control queue BH (QEMU virtio_net_handle_ctrl). Public for tests. */
   ctrlRun(): void {
-    if (this.ctrl.run() === CTRL_MORE) this.events.ctrlBh.schedule();
+    if (this.ctrl.run() === CTRL_MORE) this.events.scheduleQueue(this.ctrlIndex);
   }
 
-  onTxBottomHalf(): void {
-    this.tx.bottomHalf();
-  }
-
-  onRxKick(): void {
-    this.rx.kick();
-  }
-
-  onCtrlKick(): void {
-    this.ctrlRun();
+  onQueueEvent(index: number): void {
+    // Which queue an index is depends on MQ, known from DRIVER_OK on; kicks before it find nothing active.
+    switch (queueRole(index, this.pairs, this.mq)) {
+      case QUEUE_TX: this.txBhRun(index >> 1); break;
+      case QUEUE_RX: this.rxKick(index >> 1); break;
+      case QUEUE_CTRL: this.ctrlRun(); break;
+    }
   }
 
   onControl(): void {
     this.controlRun();
   }
 
-  onBackendReadable(): void {
+  onBackendReadable(pair: number): void {
     this.counters.rxReadableCallbacks++;
-    this.rx.pump();
+    this.rx[pair].pump();
   }
 
-  onBackendWritable(): void {
-    this.tx.resume();
+  onBackendWritable(pair: number): void {
+    this.tx[pair].resume();
   }
 
-  onBackendError(): void {
+  onBackendError(pair: number): void {
     this.counters.backendErrors++;
     if (this.backend.attached?.() === false) {
       this.backendLost('the interface was deleted');
@@ -219,9 +262,41 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     }
     // libuv stopped the watch; look again when the guest next adds RX buffers.
     this.counters.lastErrno = -1;
-    this.rx.waitForKick();
+    this.rx[pair].waitForKick();
     // A chain parked on EAGAIN was waiting for this watch: retry it now (or drop it), never wait on.
-    this.tx.pollError();
+    this.tx[pair].pollError();
+  }
+
+  /**
+   * VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET (QEMU virtio_net_set_queue_pairs): pairs
+   * [0, n) carry frames from now on. A pair turned off gets its backend queue
+   * detached before the command is acknowledged (the spec lets no frame reach
+   * its receiveq after that) and its paths stopped; one turned on starts reading.
+   */
+  private setActivePairs(n: number): void {
+    const was = this.activePairs;
+    this.activePairs = n;
+    this.enableBackendQueues(n);
+    for (let p = n; p < was; p++) {
+      this.events.stopPair(p);
+      this.tx[p].reset();
+      this.rx[p].reset();
+    }
+    if (this.running) for (let p = was; p < n; p++) {
+      this.rx[p].start();
+      this.events.scheduleQueue(txQueueIndex(p));
+    }
+  }
+
+  /** TUNSETQUEUE: the first `n` backend queues attached, the rest detached. */
+  private enableBackendQueues(n: number): void {
+    for (let p = 1; p < this.pairs; p++) {
+      try {
+        this.backends[p].setQueueEnabled?.(p < n);
+      } catch (e) {
+        this.deviceError(`queue pair ${p}: ${(e as Error).message}`);
+      }
+    }
   }
 
   // ---------------------------------------------------------------- status
@@ -253,6 +328,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
       n.mergeable = n.has(VIRTIO_NET_F_MRG_RXBUF);
       n.rxMaxFrame = guestTakesGso(n.features) ? RX_MAX_GSO_FRAME : n.hdrLen + ETH_OVERHEAD + this.mtu;
       try {
+        // tun keeps both per interface: set through the first queue, the one always attached.
         this.backend.setVnetHdrLen(n.hdrLen);
         this.backend.setOffload(tunOffloadsFor(n.features));
       } catch (e) {
@@ -262,13 +338,15 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
       this.isActive_ = true;
       this.broken = false;
     }
+    if (first) this.mq = this.pairs > 1 && n.has(VIRTIO_NET_F_MQ);
     const eventIdx = t.hasDriverFeature(VIRTIO_RING_F_EVENT_IDX);
-    const queues = [this.rxq, this.txq, this.ctrlq];
-    for (let i = 0; i < VIRTIO_NET_NUM_QUEUES; i++) {
+    for (let i = 0; i < this.queueGen.length; i++) {
+      const role = queueRole(i, this.pairs, this.mq);
+      const q = role === QUEUE_RX ? this.rxqs[i >> 1] : role === QUEUE_TX ? this.txqs[i >> 1] : role === QUEUE_CTRL ? this.ctrlq : null;
+      if (q === null) continue;
       const gen = t.queueGeneration(i);
       if (gen === this.queueGen[i]) continue;
       this.queueGen[i] = gen;
-      const q = queues[i];
       q.reset();
       if (!t.queueEnabled(i)) continue;
       q.size = t.queueSize(i);
@@ -284,7 +362,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     if (first) {
       // Kicks that arrived before DRIVER_OK found nothing active: look now.
       this.events.scheduleAllQueues();
-      this.rx.start();
+      for (let p = 0; p < this.activePairs; p++) this.rx[p].start();
     }
   }
 
@@ -292,13 +370,13 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
   private deactivate(): void {
     this.isActive_ = false;
     this.broken = false;
-    this.rxq.reset();
-    this.txq.reset();
-    this.ctrlq.reset();
+    for (const q of [...this.rxqs, ...this.txqs, this.ctrlq]) q.reset();
     this.queueGen.fill(-1);
     this.events.quiesce();
-    this.tx.reset();
-    this.rx.reset();
+    for (const x of [...this.tx, ...this.rx]) x.reset();
+    this.mq = false;
+    this.activePairs = 1;
+    this.enableBackendQueues(1);
     Object.assign(this.filter, defaultRxFilter());
     this.config.setMac(this.initialMac);
     this.config.clearStatusBits(VIRTIO_NET_S_ANNOUNCE);
@@ -323,7 +401,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     if (up) this.config.setStatusBits(VIRTIO_NET_S_LINK_UP);
     else this.config.clearStatusBits(VIRTIO_NET_S_LINK_UP);
     if (this.isActive_ && this.negotiated.has(VIRTIO_NET_F_STATUS)) this.configChanged();
-    if (up) this.events.scheduleTx();
+    if (up) for (let p = 0; p < this.activePairs; p++) this.events.scheduleQueue(txQueueIndex(p));
   }
 
   get linkUp(): boolean {
@@ -355,7 +433,7 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
     this.events.closeBackendWatch();
     this.setLinkUp(false);
     // A chain parked on EAGAIN waits for a writable event that cannot come: complete it.
-    if (this.tx.parked) this.events.scheduleTx();
+    for (const t of this.tx) if (t.parked) this.events.scheduleQueue(txQueueIndex(t.pair));
     this.onBackendLost?.(`${this.backend.name} went away (${reason}): the guest keeps running with its link down`);
   }
 

@@ -68,7 +68,7 @@ const factories = new Map<string, VcpuDeviceFactory>([
   ['virtio-net', (spec, state, ctx) => {
     const data = spec.options?.net as VirtioNetVcpuData;
     const f = data.doorbellFds;
-    const dev = new VirtioNetVcpu(ctx.mem, data, { rx: new DoorbellRinger(f.rx), tx: new DoorbellRinger(f.tx), ctrl: new DoorbellRinger(f.ctrl), control: new DoorbellRinger(f.control) });
+    const dev = new VirtioNetVcpu(ctx.mem, data, { queues: f.queues.map((fd) => new DoorbellRinger(fd)), control: new DoorbellRinger(f.control) });
     dev.attach(state);
     return dev;
   }],
