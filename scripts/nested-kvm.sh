@@ -89,6 +89,8 @@ run=$(mktemp -d "${TMPDIR:-/tmp}/tsvisor-lane.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 {
   echo "cd $(printf %q "$PWD") || exit 125"
+  # Tests that must not run here (see docs/testing.md) look for it.
+  echo "export TSVISOR_IN_LANE=1"
   for v in $(compgen -e); do
     case "$v" in TSVISOR_*|CI) echo "export $v=$(printf %q "${!v}")" ;; esac
   done

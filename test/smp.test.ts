@@ -143,7 +143,9 @@ kvmTestSerial('--cpus 4 with acpi=off: the MP table alone lists the CPUs, and a 
   t.is(end.stats.vcpus?.length, 4);
 }, smpGuestMissing);
 
-for (const cpus of [2, 4]) {
+// In the hardware-KVM lane, two vCPUs only: there QEMU's emulated SVM froze or rebooted its VM under
+// four nested vCPUs hammering registers (3 of 5 runs on 2026-12-07; docs/testing.md). The host runs both.
+for (const cpus of process.env.TSVISOR_IN_LANE === '1' ? [2] : [2, 4]) {
   kvmTestSerial(`smp-stress on ${cpus} vCPUs: every CPU hammers pc-testdev's scratch register, the NIC's config space and the console at once; no torn value, no lost line, and the NIC answers afterwards`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'tsvisor-smp-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
