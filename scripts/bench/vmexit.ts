@@ -13,7 +13,7 @@ import { kvmMissing, lastLines, qemuMissing, runTest, vmexitFigures, type Vmm } 
 import { ratio, summarize, type Summary } from './summary.js';
 
 /** The sub-tests, as vmexit.c's tests[] names them: the exits KVM handles, then those that reach the VMM. */
-export const VMEXIT_SUBTESTS = ['cpuid', 'vmcall', 'inl_from_kernel', 'outl_to_kernel', 'inl_from_pmtimer', 'inl_from_qemu', 'pci-mem', 'pci-io'] as const;
+export const VMEXIT_SUBTESTS = ['cpuid', 'vmcall', 'inl_from_kernel', 'outl_to_kernel', 'inl_from_pmtimer', 'inl_from_qemu', 'pci-mem', 'pci-io', 'ipi', 'ipi_halt'] as const;
 
 /** Issue 13's headline: the port read QEMU answers, and the pci-testdev writes (on the exit path and through eventfds). */
 const HEADLINE_SUBTESTS: readonly string[] = ['inl_from_qemu', 'pci-mem', 'pci-io'];
@@ -51,13 +51,18 @@ export interface VmexitFigures {
 
 /**
  * The test to run for a sub-test: the cfg's own section when one runs exactly
- * it on one vCPU (vmexit_cpuid, vmexit_vmcall, vmexit_inl_pmtimer), else the CI
+ * it on one vCPU (vmexit_cpuid, vmexit_vmcall, vmexit_inl_pmtimer) or on
+ * several (vmexit_ipi, vmexit_ipi_halt: two), else the CI
  * list's variant (vmexit_inl_from_qemu, …), else the same kind of variant:
  * vmexit_cpuid with the sub-test as its test_args.
  */
 function specOf(cfg: CfgTest[], suiteDir: string, sub: string): TestSpec {
-  const section = cfg.find((c) => c.file === 'x86/vmexit.flat' && c.smp === 1 && !c.qemuParams.trim() && shellWords(c.testArgs, suiteDir).join(' ') === sub);
+  const runsSub = (c: CfgTest) => c.file === 'x86/vmexit.flat' && shellWords(c.testArgs, suiteDir).join(' ') === sub;
+  const section = cfg.find((c) => runsSub(c) && c.smp === 1 && !c.qemuParams.trim());
   if (section) return { name: section.name };
+  // The IPI sub-tests need two vCPUs: their own sections (vmexit_ipi, vmexit_ipi_halt), as the cfg gives them.
+  const smpSection = cfg.find((c) => runsSub(c) && c.smp > 1);
+  if (smpSection) return { name: smpSection.name };
   const name = `vmexit_${sub.replace(/-/g, '_')}`;
   const ci = specFor(name);
   if (ci.from) return ci;
