@@ -12,7 +12,7 @@ import {
 } from '../src/devices/net/virtio-net-features.js';
 import { checkQueuePairs, defaultQueuePairs } from '../src/devices/net/virtio-net-options.js';
 import { TsvisorError } from '../src/errors.js';
-import { netRig, type NetRig } from './helpers/net-rig.js';
+import { ctrlCmd, netRig, type NetRig } from './helpers/net-rig.js';
 import { SocketBackend, ethFrame, settled, until, withHeader } from './helpers/net-fakes.js';
 
 const MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -35,13 +35,6 @@ test('queue layout: rx/tx pairs then the control queue at 2N with MQ; without MQ
   t.deepEqual([1, 2, 8, 64].map(defaultQueuePairs), [1, 2, 8, 8], 'one pair per vCPU by default, at most 8');
   for (const bad of [0, 17, 1.5, NaN]) t.throws(() => checkQueuePairs(bad), { instanceOf: TsvisorError, message: /queues=/ });
 });
-
-function ctrlCmd(r: Rig, at: number, cls: number, cmd: number, data: number[]): number {
-  r.mem.write(at, Uint8Array.from([cls, cmd, ...data]));
-  r.mem.writeU8(at + 0x800, 0xee);
-  r.ctrl.addChain([{ gpa: at, len: 2 }, ...(data.length ? [{ gpa: at + 2, len: data.length }] : []), { gpa: at + 0x800, len: 1, write: true }]);
-  return at + 0x800;
-}
 
 /** Runs the commands through the control queue as the driver does (add, kick, notify), and returns their acks. */
 async function ctrl(r: Rig, ctrlIndex: number, cmds: Array<[number, number, number[]]>): Promise<number[]> {

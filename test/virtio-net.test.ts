@@ -18,7 +18,7 @@ import {
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../src/net/tap.js';
 import { FeatureSet, NO_FEATURES } from '../src/devices/virtio/feature-set.js';
 import { TsvisorError } from '../src/errors.js';
-import { netRig, type NetRig, type NetRigOptions } from './helpers/net-rig.js';
+import { ctrlCmd, netRig, type NetRig, type NetRigOptions } from './helpers/net-rig.js';
 import { SocketBackend, ethFrame, settled, until, withHeader } from './helpers/net-fakes.js';
 
 const MAC = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -540,13 +540,6 @@ test('RX: the burst bound splits a long backlog over several callbacks', async (
 });
 
 // ---------------------------------------------------------- control queue
-
-function ctrlCmd(r: Rig, at: number, cls: number, cmd: number, data: number[]): number {
-  r.mem.write(at, Uint8Array.from([cls, cmd, ...data]));
-  r.mem.writeU8(at + 0x800, 0xee);
-  r.ctrl.addChain([{ gpa: at, len: 2 }, ...(data.length ? [{ gpa: at + 2, len: data.length }] : []), { gpa: at + 0x800, len: 1, write: true }]);
-  return at + 0x800;
-}
 
 test('control queue: RX mode, MAC address and table, announce ack, unknown → ERR', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_MAC_ADDR, VIRTIO_NET_F_GUEST_ANNOUNCE] });

@@ -84,3 +84,11 @@ export function netRig<B extends NetBackend>(t: ExecutionContext, backend: B, o:
   }
   return { loop, net, vcpu, backend, irq, ts, rx, tx, ctrl, queues, hdr: vnetHeaderSize(features), mem };
 }
+
+/** Writes a control command (class, command, data) at `at` as a chain on the rig's control queue; returns where its ack lands. */
+export function ctrlCmd<B extends NetBackend>(r: NetRig<B>, at: number, cls: number, cmd: number, data: number[]): number {
+  r.mem.write(at, Uint8Array.from([cls, cmd, ...data]));
+  r.mem.writeU8(at + 0x800, 0xee);
+  r.ctrl.addChain([{ gpa: at, len: 2 }, ...(data.length ? [{ gpa: at + 2, len: data.length }] : []), { gpa: at + 0x800, len: 1, write: true }]);
+  return at + 0x800;
+}

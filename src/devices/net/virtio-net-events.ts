@@ -13,7 +13,7 @@
 import type { BottomHalf, Doorbell, FdHandler, MainLoop } from '../../loop/main-loop.js';
 import type { RxEvents } from './virtio-net-rx.js';
 import type { TxEvents } from './virtio-net-tx.js';
-import { rxQueueIndex, txQueueIndex } from './virtio-net-config.js';
+import { netQueueCount, rxQueueIndex, txQueueIndex } from './virtio-net-config.js';
 
 /** The device's handlers, one per event. */
 export interface VirtioNetEventTarget {
@@ -66,7 +66,7 @@ export class VirtioNetEvents {
 
   /** `backendFds[p]` is queue pair p's; the device has 2 * pairs + 1 queues. */
   constructor(loop: MainLoop, backendFds: readonly number[], target: VirtioNetEventTarget) {
-    const queues = 2 * backendFds.length + 1;
+    const queues = netQueueCount(backendFds.length);
     this.queueBhs = Array.from({ length: queues }, (_, i) => loop.newBh(`virtio-net-q${i}`, () => target.onQueueEvent(i)));
     this.controlBh = loop.newBh('virtio-net-control', () => target.onControl());
     this.doorbells = {
