@@ -23,7 +23,7 @@ kvmTestSerial('a stock Debian cloud kernel (bzImage, host-decompressed) reaches 
   t.log(`${hostKind}: stock kernel to the command's end in ${(exit.stats.runMs / 1000).toFixed(1)} s`);
   t.regex(vm.console.output, /virtio_net-loaded/);
   t.regex(vm.console.output, /3 packets transmitted, 3 packets received/);
-  t.is(exit.kind, 'command', exit.reason);
+  t.is(exit.kind, 'command', `${exit.reason}; the console's last lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
   t.is(exit.status, 0);
   t.regex(vm.console.output, /ACPI: PCI Root Bridge \[PCI0\]/, 'PCI found through the DSDT');
   // The cloud kernel has no /dev/port: init says the status on the console and powers off, which Linux does by ACPI S5.

@@ -114,7 +114,7 @@ async function bootAndCheck(t: ExecutionContext, c: BootChecks): Promise<void> {
   const exit = await vm.exited;
   const out = vm.console.output;
   t.log(`${hostKind}: ${exit.stats.totalExits} exits, ${(exit.stats.runMs / 1000).toFixed(1)} s${exit.stats.syscalls ? `, ${exit.stats.syscalls.completed} syscalls completed by tsvisor` : ''}`);
-  t.is(exit.kind, 'command', exit.reason);
+  t.is(exit.kind, 'command', `${exit.reason}; the console's last lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
   t.is(exit.status, 0, 'the guest-side checks all passed (set -e)');
   t.true(out.includes(`uname-r ${version[1]}`), 'uname -r printed the running kernel');
   const guestPing = /(\d+) packets transmitted, (\d+) packets received/.exec(out);

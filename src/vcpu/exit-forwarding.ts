@@ -56,6 +56,9 @@ export function createMailbox(cpus: number): SharedArrayBuffer {
 export class MailboxServer {
   private readonly words: Int32Array;
   private readonly cpus: number;
+  /** The APs' accesses no device claimed (the BSP's run loop counts its own). */
+  unclaimedPio = 0;
+  unclaimedMmio = 0;
 
   constructor(mailbox: SharedArrayBuffer, private readonly pio: PioBus, private readonly mmio: MmioBus) {
     this.words = new Int32Array(mailbox);
@@ -88,6 +91,7 @@ export class MailboxServer {
         const port = addr & 0xffff;
         this.pio.counts[port]++;
         const dev = this.pio.lookup(port);
+        if (!dev) this.unclaimedPio++;
         if (op === OP_PIO_READ) value = dev ? dev.pioRead(port, size) : 0xffffffff;
         else dev?.pioWrite(port, size, w[s + VALUE] >>> 0);
       } else {
@@ -97,7 +101,10 @@ export class MailboxServer {
           const r = this.mmio.ranges[i];
           if (op === OP_MMIO_READ) value = r.device.mmioRead(addr - r.base, size);
           else r.device.mmioWrite(addr - r.base, size, w[s + VALUE] >>> 0);
-        } else if (op === OP_MMIO_READ) value = 0xffffffff;
+        } else {
+          this.unclaimedMmio++;
+          if (op === OP_MMIO_READ) value = 0xffffffff;
+        }
       }
       w[s + VALUE] = value | 0;
       Atomics.store(w, s + STATE, ANSWERED);

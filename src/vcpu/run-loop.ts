@@ -46,7 +46,7 @@ export class RunLoop {
      * With several vCPUs (src/vcpu/exit-forwarding.ts): the BSP's `server`
      * answers the APs' device exits; an AP's `forwarded` device carries them.
      */
-    private readonly smp: { server?: MailboxServer; forwarded?: ForwardedDevice } = {},
+    private readonly smp: { server?: MailboxServer; forwarded?: ForwardedDevice; vcpuId?: number } = {},
   ) {
     this.run = vcpu.run;
     this.runBytes = vcpu.runBytes;
@@ -101,7 +101,7 @@ export class RunLoop {
           this.handleDebug();
           break;
         case abi.KVM_EXIT_SHUTDOWN:
-          this.finish({ kind: 'triple-fault', message: `the guest triple-faulted (KVM_EXIT_SHUTDOWN) at ${this.where()}` });
+          this.finish({ kind: 'triple-fault', message: this.tripleFault() });
           break;
         case abi.KVM_EXIT_HLT:
           this.finish({ kind: 'poweroff', message: 'the guest halted with interrupts off' });
@@ -305,6 +305,18 @@ export class RunLoop {
   }
 
   /** RIP and the general registers, for error messages. */
+  /**
+   * On AMD SVM, KVM puts a vCPU through INIT on a shutdown intercept (the VMCB
+   * is undefined after one), so its registers are the reset state, not the
+   * fault's: say so rather than report 0xfff0 as where the guest was.
+   */
+  private tripleFault(): string {
+    const who = this.smp.vcpuId === undefined ? 'the guest' : `the guest's vCPU ${this.smp.vcpuId}`;
+    const where = this.where();
+    const reset = /rip=0xfff0 .* cs=0xf000$/.test(where);
+    return `${who} triple-faulted (KVM_EXIT_SHUTDOWN)${reset ? '; KVM reset its registers on the shutdown (AMD SVM does), so where it faulted is lost' : ` at ${where}`}`;
+  }
+
   private where(): string {
     try {
       const r = this.vcpu.getRegs();
@@ -335,7 +347,7 @@ export class RunLoop {
     return {
       exitsByReason, pioByPort, mmioByRegion,
       fixups: Object.fromEntries(this.fixupCounts),
-      unclaimedPio: this.unclaimedPio, unclaimedMmio: this.unclaimedMmio,
+      unclaimedPio: this.unclaimedPio + (this.smp.server?.unclaimedPio ?? 0), unclaimedMmio: this.unclaimedMmio + (this.smp.server?.unclaimedMmio ?? 0),
       totalExits: total, runMs: performance.now() - this.startedAt,
       ripSamples: this.ripSamples.size ? ripSamples : undefined,
       syscalls: this.syscalls?.stats(),
