@@ -1,7 +1,8 @@
 // npm run bench [-- PART... --runs N --json FILE --svg FILE --quick]
 // tsvisor measured beside its references; every figure is a median with
 // min–max over the runs, and the reference runs alternate with tsvisor's.
-//   exits   exit round trip per kind against a C KVM_RUN loop (scripts/bench/exit-floor.c)
+//   exits   exit round trip per kind against a C KVM_RUN loop (scripts/bench/exit-floor.c);
+//           and on two vCPUs: the BSP's exits with an idle AP, and both vCPUs exiting at once (`exit_smp.<kind>`)
 //   tx, rx  the packet path against the TAP syscall floor (scripts/bench/tap-floor.c)
 //   qemu    the same guest programs under QEMU (installed with apt-get when missing)
 //   linux   the default Linux guest: boot, VMM share, memory, host ping, and from its user space ping, syscalls/s, TCP both ways
@@ -18,7 +19,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cpus } from 'node:os';
 import { detectHostKind } from '../src/kvm/system.js';
-import { ExitBench, EXIT_KINDS, type ExitFigures, type Mode } from './bench/exits.js';
+import { ExitBench, EXIT_KINDS, SMP_EXIT_KINDS, type ExitFigures, type Mode } from './bench/exits.js';
 import { PacketBench, FRAME_SIZES, type PathFigures } from './bench/packets.js';
 import { QemuBench, ensureQemu, type QemuFigures } from './bench/qemu.js';
 import { LinuxBench, type LinuxFigures } from './bench/linux.js';
@@ -116,6 +117,20 @@ async function main(): Promise<void> {
         exit[kind] = { ...byMode[headline], mode: headline, [other]: byMode[other] };
       }
       json.exit = exit;
+      // Two vCPUs (CPL0: an AP runs in ring 0): the BSP's path with SMP, and an AP's exits, forwarded to the BSP's thread.
+      const smp: Record<string, unknown> = {};
+      for (const kind of SMP_EXIT_KINDS) {
+        log(`exits ${kind} (CPL0) on two vCPUs: ${exitN} exits, ${o.runs} run${o.runs > 1 ? 's' : ''} each of one vCPU, the BSP with an idle AP, and both exiting at once`);
+        const f = await exitBench.measureSmp(kind, exitN, o.runs, log);
+        smp[kind] = {
+          one_vcpu_cycles: med(f.one), bsp_idle_ap_cycles: med(f.bspIdleAp), bsp_idle_ap_ratio: ratio(f.bspIdleAp, f.one),
+          bsp_cycles: med(f.bsp), ap_cycles: med(f.ap), ap_ratio: ratio(f.ap, f.one), detail: f,
+        };
+        table.push(row([`exit ${kind} (CPL0), BSP of two vCPUs, the AP idle, guest cycles`, fmt(f.bspIdleAp, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.bspIdleAp, f.one)), 'within noise']));
+        table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: BSP, guest cycles`, fmt(f.bsp, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.bsp, f.one)), '—']));
+        table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: AP (forwarded), guest cycles`, fmt(f.ap, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.ap, f.one)), '—']));
+      }
+      json.exit_smp = smp;
     }
     // Guest figures in TSC cycles become time at KVM's TSC rate, which the floor reads.
     if (exitBench.tscKhz === null && o.parts.some((p) => NEEDS_TSC.includes(p))) await exitBench.measure('pio_out', 64, 1, () => {}, 'cpl0');

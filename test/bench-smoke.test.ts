@@ -39,6 +39,10 @@ kvmTestSerial('npm run bench -- --quick: every exit, TX and RX figure is produce
     }
   }
   t.true(positive(r.exit.notify.ioeventfd_ns), `exit.notify.ioeventfd_ns = ${r.exit.notify.ioeventfd_ns}`);
+  // Two vCPUs: the BSP with an idle AP, and both exiting at once (the AP's exits forwarded).
+  for (const kind of ['pio_out', 'mmio_read', 'notify']) {
+    for (const key of ['one_vcpu_cycles', 'bsp_idle_ap_cycles', 'bsp_cycles', 'ap_cycles']) t.true(positive(r.exit_smp?.[kind]?.[key]), `exit_smp.${kind}.${key} = ${r.exit_smp?.[kind]?.[key]}`);
+  }
   for (const dir of ['tx', 'rx']) {
     for (const size of ['64', '1500', '65536']) {
       for (const [mode, e] of both(r[dir][size])) {

@@ -93,7 +93,7 @@ kvmTestSerial('--cpus 2: Linux sees both CPUs (MADT) with a tick on each, enable
   const exit = await vm.exited;
   const out = vm.console.output;
   t.log(out.split('\n').filter((l) => /^(nproc|loc|rx-queues|irq:|3 packets)/.test(l)).join('\n'));
-  t.is(exit.kind, 'command', exit.reason);
+  t.is(exit.kind, 'command', `${exit.reason}; the console's last lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
   t.is(exit.status, 5, `the command's status (set -e: every step before it passed): ${out.split('\n').slice(-30).join('\n')}`);
   t.regex(out, /nproc=2 cpuinfo=2 online=0-1/);
   const loc = /loc=(\d+),(\d+)/.exec(out);
@@ -167,3 +167,18 @@ for (const cpus of process.env.TSVISOR_IN_LANE === '1' ? [] : [2, 4]) {
     t.true(stats.vcpus!.every((v) => v.totalExits >= 2 * rounds), `every vCPU exited for its accesses: ${stats.vcpus!.map((v) => v.totalExits).join(', ')}`);
   }, () => (process.getuid?.() === 0 ? firmwareMissing('smp-stress')() : 'needs root for --net sandbox'));
 }
+
+// A firmware program on an AP: the long-mode `exits` image starts its APs (64-bit mode on the BSP's page
+// tables) and every CPU makes its exits at once, as `npm run bench` measures two vCPUs exiting together.
+kvmTestSerial('firmware on an AP: exits smp=1 on 2 vCPUs, a long-mode image whose AP reaches 64-bit mode; each CPU\'s port writes reach tsvisor, the AP\'s through the BSP\'s devices', async (t) => {
+  const n = 500;
+  const vm = await Vm.boot({ kernel: firmwareImage('exits'), cmdline: `kind=pio_out n=${n} smp=1`, memMiB: 64, cpus: 2, timeoutMs: 120_000 });
+  t.teardown(() => vm.stop());
+  const exit = await vm.exited;
+  const out = vm.console.output;
+  t.is(exit.status, 1, `debug-exit 0: ${out.slice(-1000)}`);
+  for (const cpu of [0, 1]) t.regex(out, new RegExp(`exits cpu=${cpu} kind=pio_out n=${n} cycles_per_exit=[1-9]\\d* cycles=\\d+`), `cpu ${cpu} ran its loop`);
+  t.true(exit.stats.unclaimedPio >= 2 * n, `${exit.stats.unclaimedPio} writes to the unassigned port reached the VMM`);
+  t.is(exit.stats.vcpus?.length, 2);
+  t.true(exit.stats.vcpus![1].totalExits >= n, `the AP exited for its ${n} writes: ${exit.stats.vcpus![1].totalExits}`);
+}, firmwareMissing('exits'));

@@ -277,10 +277,12 @@ static inline void mb(void) { __asm__ volatile("lock; orl $0, (%%esp)" ::: "memo
 #endif
 static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
 
-/* ---- other CPUs (lib/smp.c, 32-bit images): fw_cfg's CPU count; INIT and
- * SIPI to all but self, each AP then running fn(cpu) with cpu = 1, 2, … on a
- * 4 KiB stack of its own, interrupts off. Returns how many started within
- * timeout_ms. A spinlock for what they share (the console). ---- */
+/* ---- other CPUs (lib/smp.c): fw_cfg's CPU count; INIT and SIPI to all but
+ * self, each AP then running fn(cpu) with cpu = 1, 2, … on a 4 KiB stack of
+ * its own, interrupts off, at CPL0 (in a long-mode image, in 64-bit mode on
+ * the BSP's page tables; the IDT is the reset one, so an exception
+ * there is a triple fault). Returns how many started
+ * within timeout_ms. A spinlock for what they share (the console). ---- */
 #define FW_MAX_CPUS 64
 unsigned smp_cpus(void);
 unsigned smp_start_aps(void (*fn)(unsigned cpu), unsigned timeout_ms);

@@ -22,12 +22,17 @@
  *              (port I/O allowed by IOPL 3 and the TSS's I/O bitmap), where
  *              kvm_pvm runs guest code natively. The result lines are the
  *              same, with ` cpl=3` appended to the first.
+ *   smp=1      every CPU the machine has (fw_cfg's count; lib/smp.c starts the
+ *              APs) makes its n exits at the same time, from one start flag;
+ *              each prints its own figure (below). CPL0 only, no hist=1.
  * Built as a long-mode image (64-bit code) for cpl3=1: on kvm_pvm only
  * 64-bit ring-3 code runs natively.
  * The loop is unrolled 8x so loop overhead is ~0.25 instruction per exit.
  * Prints
  *   exits kind=pio_out n=1000 cycles_per_exit=NNN cycles=TOTAL
- * in TSC cycles (the TSC frequency is not measured).
+ * in TSC cycles (the TSC frequency is not measured): the BSP's, and with
+ * smp=1 one more line per CPU, BSP first,
+ *   exits cpu=C kind=pio_out n=1000 cycles_per_exit=NNN cycles=TOTAL
  *
  * hist=1: after that loop, N more exits, each between two rdtsc (`rdtsc;
  * save; set up; ACCESS; rdtsc`, one asm block), into a histogram with 8
@@ -254,6 +259,18 @@ static uint64_t timed_run(void *arg)
   return 0;
 }
 
+/* smp=1: the APs wait for `go`, then run the same loop as the BSP. */
+static struct run cpu_runs[FW_MAX_CPUS];
+static volatile uint32_t go, finished;
+
+static void ap_exits(unsigned cpu)
+{
+  while (!go)
+    __asm__ volatile("pause");
+  timed_run(&cpu_runs[cpu]);
+  __atomic_add_fetch(&finished, 1, __ATOMIC_SEQ_CST);
+}
+
 int main(uint32_t magic, uint32_t mbi)
 {
   const char *kind = fw_arg_str("kind", "pio_out");
@@ -277,11 +294,13 @@ int main(uint32_t magic, uint32_t mbi)
   uint64_t width = fw_arg_u64("width", a == PIO_OUT || a == PIO_IN ? 1 : 4);
   uint64_t hist = fw_arg_u64("hist", 0);
   uint64_t cpl3 = fw_arg_u64("cpl3", 0);
+  uint64_t smp = fw_arg_u64("smp", 0);
   if (n64 == 0 || n64 > 0xffffffffu || port > 0xffff || addr > 0xfffffffcu ||
-      (width != 1 && width != 2 && width != 4) || hist > 1 || cpl3 > 1) {
-    printf("exits: bad arguments n=%llu port=0x%llx addr=0x%llx width=%llu hist=%llu\n",
+      (width != 1 && width != 2 && width != 4) || hist > 1 || cpl3 > 1 || smp > 1 || (smp && (hist || cpl3))) {
+    printf("exits: bad arguments n=%llu port=0x%llx addr=0x%llx width=%llu hist=%llu cpl3=%llu smp=%llu"
+           " (smp=1 runs at CPL0 without hist=1)\n",
            (unsigned long long)n64, (unsigned long long)port, (unsigned long long)addr,
-           (unsigned long long)width, (unsigned long long)hist);
+           (unsigned long long)width, (unsigned long long)hist, (unsigned long long)cpl3, (unsigned long long)smp);
     return FW_EXIT_USAGE;
   }
   uint32_t n = (uint32_t)n64;
@@ -311,10 +330,27 @@ int main(uint32_t magic, uint32_t mbi)
   }
 
   struct run r = { a, (unsigned)width, target, value, n, hist != 0, 0, 0 };
-  if (cpl3)
+  unsigned cpus = 1;
+  if (smp) {
+    cpus = smp_cpus();
+    for (unsigned c = 0; c < cpus; c++)
+      cpu_runs[c] = r;
+    irq_disable();
+    unsigned started = smp_start_aps(ap_exits, 5000);
+    if (started + 1 != cpus) {
+      printf("exits: FAIL smp=1: %u of %u CPUs started\n", started + 1, cpus);
+      return FW_EXIT_FAIL;
+    }
+    go = 1;
+    timed_run(&cpu_runs[0]);
+    while (finished < started)
+      __asm__ volatile("pause");
+    r = cpu_runs[0];
+  } else if (cpl3) {
     user_run(timed_run, &r);
-  else
+  } else {
     timed_run(&r);
+  }
   uint64_t cycles = r.cycles;
 
   if (notify) {
@@ -328,6 +364,10 @@ int main(uint32_t magic, uint32_t mbi)
 
   printf("exits kind=%s n=%u cycles_per_exit=%llu cycles=%llu%s\n", kind, n,
          (unsigned long long)fw_udiv64(cycles, n, NULL), (unsigned long long)cycles, r.cpl == 3 ? " cpl=3" : "");
+  if (smp)
+    for (unsigned c = 0; c < cpus; c++)
+      printf("exits cpu=%u kind=%s n=%u cycles_per_exit=%llu cycles=%llu\n", c, kind, n,
+             (unsigned long long)fw_udiv64(cpu_runs[c].cycles, n, NULL), (unsigned long long)cpu_runs[c].cycles);
   if (hist)
     hist_print(kind, n, &exits_hist, hist_percentile(&overhead_hist, 50));
   return FW_EXIT_OK;

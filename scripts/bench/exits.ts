@@ -31,6 +31,18 @@ export interface ExitFigures {
 }
 
 const RESULT_RE = /exits kind=\S+ n=(\d+) cycles_per_exit=(\d+) cycles=(\d+)/;
+const CPU_RE = /exits cpu=(\d+) kind=\S+ n=\d+ cycles_per_exit=(\d+)/g;
+
+/** The exit kinds measured with two vCPUs: a write, a read (its answer carried back to an AP), the device's notify. */
+export const SMP_EXIT_KINDS = ['pio_out', 'mmio_read', 'notify'] as const;
+
+/**
+ * Guest cycles per exit (CPL0) on one vCPU, on the BSP of two with the AP
+ * never started (what the SMP machinery costs the BSP's own path), and on
+ * each of two vCPUs exiting at once (`smp=1`), the AP's exits forwarded to
+ * the BSP's thread (src/vcpu/exit-forwarding.ts).
+ */
+export interface SmpExitFigures { one: Summary | null; bspIdleAp: Summary | null; bsp: Summary | null; ap: Summary | null }
 const HIST_RE = /exits hist kind=\S+ n=\d+ overhead=(\d+) p50=(\d+) p90=(\d+) p99=(\d+) max=(\d+) buckets=(\S*)/;
 
 function parseHist(out: string): Histogram | null {
@@ -74,6 +86,31 @@ export class ExitBench {
     if (!m) throw new Error(`tsvisor exits ${kind}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
     const s = readStats(stats).stats;
     return { cyclesPerExit: +m[2], hostNs: s.runMs * 1e6, exits: s.totalExits, hist: parseHist(r.stdout) };
+  }
+
+  /** One `exits` run on `cpus` vCPUs: each CPU's cycles per exit (one entry, the BSP's, without smp=1). */
+  private async perCpu(kind: ExitKind, n: number, cpus: number, smp: boolean): Promise<number[]> {
+    const stats = this.scratch.file('exits.json');
+    const net = kind === 'notify' ? ['--net', `tap:${TAP}`] : [];
+    const r = await start(tsvisorArgv(firmware('exits'), `kind=${kind} n=${n}${smp ? ' smp=1' : ''}`, stats, [...net, '--cpus', String(cpus)]), { ns: kind === 'notify' ? this.ns : undefined, timeoutMs: 300_000 }).done;
+    const one = RESULT_RE.exec(r.stdout);
+    const each = [...r.stdout.matchAll(CPU_RE)].map((m) => +m[2]);
+    if (!one || (smp && each.length !== cpus)) throw new Error(`tsvisor exits ${kind} --cpus ${cpus}${smp ? ' smp=1' : ''}: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
+    return smp ? each : [+one[2]];
+  }
+
+  /** The three configurations of SmpExitFigures, alternated run by run. */
+  async measureSmp(kind: ExitKind, n: number, runs: number, log: (s: string) => void): Promise<SmpExitFigures> {
+    const one: number[] = [], idle: number[] = [], bsp: number[] = [], ap: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      one.push((await this.perCpu(kind, n, 1, false))[0]);
+      idle.push((await this.perCpu(kind, n, 2, false))[0]);
+      const both = await this.perCpu(kind, n, 2, true);
+      bsp.push(both[0]);
+      ap.push(both[1]);
+      log(`exits ${kind} (CPL0, vCPUs) run ${i + 1}/${runs}: one vCPU ${one[i]} cycles, BSP with an idle AP ${idle[i]}, both at once: BSP ${bsp[i]}, AP ${ap[i]}`);
+    }
+    return { one: summarize(one), bspIdleAp: summarize(idle), bsp: summarize(bsp), ap: summarize(ap) };
   }
 
   /** Host ns per exit over the whole run. */
