@@ -8,18 +8,17 @@
 # overlay (writes stay in the VM), chroots into it, changes to the current
 # directory and runs COMMAND with bash. The exit status is COMMAND's.
 #
-# Usage: scripts/nested-kvm.sh [--timeout S] [--mem SIZE] [--smp N] [--tcg-thread multi|single] [--] COMMAND...
+# Usage: scripts/nested-kvm.sh [--timeout S] [--mem SIZE] [--smp N] [--] COMMAND...
 #   env: TSVISOR_NESTED_CACHE (default <tsvisor cache>/nested-kvm), NESTED_VERBOSE=1 shows the VM's kernel log
 #   Variables named TSVISOR_* and CI are passed into the VM.
 # Exit status: COMMAND's; 125 when the lane itself failed (no status came back).
 set -euo pipefail
-timeout=5400 mem=6G smp=2 tcg_thread=multi
+timeout=5400 mem=6G smp=2
 while [ $# -gt 0 ]; do
   case "$1" in
     --timeout) timeout=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --smp) smp=$2; shift 2 ;;
-    --tcg-thread) tcg_thread=$2; shift 2 ;;
     --) shift; break ;;
     -*) echo "nested-kvm: unknown option $1 (see the usage at the top of $0)" >&2; exit 2 ;;
     *) break ;;
@@ -118,7 +117,7 @@ watch_console() {
 }
 set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
-  -accel tcg,thread=$tcg_thread -cpu max -smp "$smp" -m "$mem" -no-reboot -nodefaults -display none \
+  -accel tcg,thread=multi -cpu max -smp "$smp" -m "$mem" -no-reboot -nodefaults -display none \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
   -append "console=ttyS0 panic=-1 quiet loglevel=$([ $log = info ] && echo 6 || echo 3) lane.run=$run" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
