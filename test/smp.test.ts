@@ -19,6 +19,7 @@ import { sandboxIpParam, SANDBOX_HOST_IP } from '../src/net/net-option.js';
 import { firmwareImage, firmwareMissing, hostKind, kvmTestSerial } from './helpers/kvm.js';
 import { tsvisorRun } from './helpers/cli.js';
 import { netMissing, testNet, type TestNet } from './helpers/netns.js';
+import { bootToEnd, inLane } from './helpers/lane.js';
 
 const tsvisor = tsvisorRun;
 
@@ -88,9 +89,7 @@ kvmTestSerial('--cpus 2: Linux sees both CPUs (MADT) with a tick on each, enable
     'grep virtio0 /proc/interrupts | sed "s/^/irq: /"',
     'exit 5',
   ].join('\n');
-  const vm = await Vm.boot({ kernel: guest.kernel, initrd: guest.initrd, cmdline: `console=ttyS0 panic=-1 ${sandboxIpParam()}`, memMiB: 256, cpus: 2, net: { tap: net.tap }, timeoutMs: BOOT_TIMEOUT_MS, command: script, addFiles: [0, 1].map((k) => ({ host: join(dir, `out${k}`), guest: `/root/out${k}` })) });
-  t.teardown(() => vm.stop());
-  const exit = await vm.exited;
+  const { vm, exit } = await bootToEnd(t, () => Vm.boot({ kernel: guest.kernel, initrd: guest.initrd, cmdline: `console=ttyS0 panic=-1 ${sandboxIpParam()}`, memMiB: 256, cpus: 2, net: { tap: net.tap }, timeoutMs: BOOT_TIMEOUT_MS, command: script, addFiles: [0, 1].map((k) => ({ host: join(dir, `out${k}`), guest: `/root/out${k}` })) }));
   const out = vm.console.output;
   t.log(out.split('\n').filter((l) => /^(nproc|loc|rx-queues|irq:|3 packets)/.test(l)).join('\n'));
   t.is(exit.kind, 'command', `${exit.reason}; the console's last lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
@@ -146,7 +145,7 @@ kvmTestSerial('--cpus 4 with acpi=off: the MP table alone lists the CPUs, and a 
 // Not in the hardware-KVM lane: there the lane's own VM froze, rebooted or reported a reset vCPU under
 // these nested vCPUs hammering registers (four vCPUs: 3 of 5 runs; two: 2 hangs in 10 runs on
 // 2026-12-06/07; docs/testing.md). The host runs both, on kvm_pvm or hardware KVM.
-for (const cpus of process.env.TSVISOR_IN_LANE === '1' ? [] : [2, 4]) {
+for (const cpus of inLane ? [] : [2, 4]) {
   kvmTestSerial(`smp-stress on ${cpus} vCPUs: every CPU hammers pc-testdev's scratch register, the NIC's config space and the console at once; no torn value, no lost line, and the NIC answers afterwards`, async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'tsvisor-smp-'));
     t.teardown(() => rmSync(dir, { recursive: true, force: true }));
