@@ -36,6 +36,15 @@ fw_enter_long_mode:
         addl    $8, %edi
         loop    2b
 
+        call    fw_long_mode_on
+        ljmp    $0x18, $fw_long_mode_entry
+
+/* PAE, the page tables above, EFER.LME and paging: the CPU is then in
+ * compatibility mode, and a far jump to selector 0x18 enters 64-bit code.
+ * Called in 32-bit protected mode with a stack, by the BSP once the tables
+ * are filled and by each AP (smp_tramp.S). Clobbers EAX, ECX and EDX. */
+        .globl fw_long_mode_on
+fw_long_mode_on:
         movl    %cr4, %eax
         orl     $CR4_PAE, %eax
         movl    %eax, %cr4
@@ -48,7 +57,7 @@ fw_enter_long_mode:
         movl    %cr0, %eax
         orl     $CR0_PG, %eax
         movl    %eax, %cr0
-        ljmp    $0x18, $fw_long_mode_entry
+        ret
 
         .code64
 fw_long_mode_entry:

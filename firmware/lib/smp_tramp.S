@@ -7,11 +7,6 @@
  * takes the path the BSP took in long_mode.S (PAE, the BSP's page tables,
  * EFER.LME, paging), on the same GDT's 64-bit code selector. */
 
-#define CR0_PG     0x80000000
-#define CR4_PAE    0x00000020
-#define MSR_EFER   0xC0000080
-#define EFER_LME   0x00000100
-
         .section .rodata, "a"
         .code16
         .globl fw_ap_trampoline, fw_ap_trampoline_end
@@ -48,18 +43,7 @@ fw_ap_entry32:
         xorl    %ebp, %ebp
 #ifdef FW_LONG_MODE
         movl    %eax, %edi                  /* fw_ap_main(cpu) in 64-bit code */
-        movl    %cr4, %eax
-        orl     $CR4_PAE, %eax
-        movl    %eax, %cr4
-        movl    $fw_pml4, %eax              /* filled by the BSP before any AP starts */
-        movl    %eax, %cr3
-        movl    $MSR_EFER, %ecx
-        rdmsr
-        orl     $EFER_LME, %eax
-        wrmsr
-        movl    %cr0, %eax
-        orl     $CR0_PG, %eax
-        movl    %eax, %cr0
+        call    fw_long_mode_on             /* long_mode.S: the BSP's page tables */
         ljmp    $0x18, $fw_ap_entry64
 
         .code64
