@@ -16,6 +16,7 @@ import * as abi from './kvm/abi.js';
 import { bootXcr0, vcpuCpuid } from './kvm/cpuid.js';
 import { GuestMemory } from './memory/guest-memory.js';
 import { BIOS_AREA_START, GiB, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MiB, MPTABLE_ADDR, ramRegions } from './boot/layout.js';
+import { PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE } from './devices/platform.js';
 import { pcGsiRoutes, writeMpTable } from './firmware/mptable.js';
 import { writeAcpiTables } from './firmware/acpi.js';
 import { pciIntxGsi, PCI_MAX_SLOTS } from './devices/pci/pci-bus.js';
@@ -359,6 +360,7 @@ export class Vm {
       vm.setTssAddr(KVM_TSS_ADDR);
       vm.setIdentityMapAddr(KVM_IDENTITY_MAP_ADDR);
       vm.createIrqchip();
+      vm.setPicVectorBases(PIC_MASTER_VECTOR_BASE, PIC_SLAVE_VECTOR_BASE);
       // The PC's wiring (PIT on IOAPIC pin 2), which the MP table describes.
       vm.setGsiRouting(pcGsiRoutes());
       vm.createPit2();

@@ -18,6 +18,10 @@ export class I8042 implements PioDevice {
   }
 }
 
+/** The 8259s' vectors as a PC BIOS programs them (IRQ 0-7 at 0x08, IRQ 8-15 at 0x70), which real-mode code expects. */
+export const PIC_MASTER_VECTOR_BASE = 0x08;
+export const PIC_SLAVE_VECTOR_BASE = 0x70;
+
 /** Where isa-debug-exit sits: kvm-unit-tests' x86/run gives QEMU iobase=0xf4,iosize=4 and its exit() does outl to 0xf4. */
 export const DEBUG_EXIT_PORT = 0xf4;
 export const DEBUG_EXIT_IOSIZE = 4;

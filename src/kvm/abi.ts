@@ -26,6 +26,13 @@ export const KVM_SET_TSS_ADDR = IO(0x47);
 export const KVM_SET_IDENTITY_MAP_ADDR = IOW(0x48, 8);
 export const KVM_CREATE_IRQCHIP = IO(0x60);
 export const KVM_IRQ_LINE = IOW(0x61, 8);
+/** struct kvm_irqchip { __u32 chip_id, pad; union { char dummy[512]; struct kvm_pic_state pic; … } chip; } */
+export const KVM_GET_IRQCHIP = IOWR(0x62, 520);
+export const KVM_SET_IRQCHIP = IOR(0x63, 520);
+export const KVM_IRQCHIP_PIC_MASTER = 0;
+export const KVM_IRQCHIP_PIC_SLAVE = 1;
+/** struct kvm_pic_state's irq_base (the vector of IRQ 0 of that 8259), at this offset in kvm_irqchip. */
+export const KVM_PIC_STATE_IRQ_BASE = 8 + 5;
 export const KVM_SET_GSI_ROUTING = IOW(0x6a, 8);
 /** struct kvm_reinject_control { __u8 pit_reinject; __u8 reserved[31]; } — an _IO number in <linux/kvm.h>, though it takes the struct. */
 export const KVM_REINJECT_CONTROL = IO(0x71);

@@ -147,6 +147,24 @@ export class KvmVm extends VmHandle {
   }
 
   /**
+   * Points the in-kernel 8259s at the vectors a PC BIOS gives them (master
+   * 0x08, slave 0x70), as POST leaves them for whatever it boots. KVM resets
+   * both to vector 0, where a real-mode image's IRQ would land on the
+   * divide-error entry of its IVT; Linux and kvm-unit-tests' protected-mode
+   * tests reprogram or mask the PICs themselves.
+   */
+  setPicVectorBases(master: number, slave: number): void {
+    for (const [chip, base] of [[abi.KVM_IRQCHIP_PIC_MASTER, master], [abi.KVM_IRQCHIP_PIC_SLAVE, slave]] as const) {
+      const b = this.nb;
+      b.clear();
+      b.dv.setUint32(0, chip, true);
+      this.vmCall('KVM_GET_IRQCHIP', abi.KVM_GET_IRQCHIP, b.address);
+      b.dv.setUint8(abi.KVM_PIC_STATE_IRQ_BASE, base);
+      this.vmCall('KVM_SET_IRQCHIP', abi.KVM_SET_IRQCHIP, b.address);
+    }
+  }
+
+  /**
    * The i8254 PIT in the kernel, with its port 0x61 (speaker gate and
    * channel 2 output): guests time the TSC against channel 2 through it, and
    * without it 0x61 would read as all-ones (an output that fired at once).
