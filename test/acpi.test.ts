@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GuestMemory } from '../src/memory/guest-memory.js';
 import { BIOS_AREA_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR } from '../src/boot/layout.js';
-import { writeAcpiTables } from '../src/firmware/acpi.js';
+import { facsAddress, writeAcpiTables } from '../src/firmware/acpi.js';
 import { ACPI_PM_BASE, AcpiPm, PM_TIMER_HZ } from '../src/devices/acpi-pm.js';
 import { pciIntxGsi } from '../src/devices/pci/pci-bus.js';
 
@@ -82,6 +82,8 @@ test('FADT: the PM block\'s ports, the SCI, FACS and DSDT in both widths, the i8
   const facs = mem.slice(dv.getUint32(36, true), 64)!;
   t.is(str(facs, 0, 4), 'FACS');
   t.is(dv.getUint32(36, true) % 64, 0, 'FACS 64-byte aligned');
+  t.is(dv.getUint32(36, true), facsAddress(BIOS_AREA_START), 'where the S3 resume looks for the waking vector');
+  t.is(f.bytes[108], 0x32, 'CENTURY: the RTC\'s CMOS byte');
   const dsdt = table(t, mem, dv.getUint32(40, true));
   t.is(str(dsdt, 0, 4), 'DSDT');
 });
@@ -100,12 +102,13 @@ function disassemble(dsdt: Uint8Array): string {
   }
 }
 
-test('DSDT, read back by ACPICA: \\_S5 with sleep type 5, and the PCI host bridge with its windows and INTx routing', (t) => {
+test('DSDT, read back by ACPICA: \\_S3 and \\_S5 with sleep types 1 and 5, and the PCI host bridge with its windows and INTx routing', (t) => {
   const { mem } = boot();
   const f = find(t, mem, 'FACP')!;
   const dsdt = table(t, mem, new DataView(f.bytes.buffer, f.bytes.byteOffset).getUint32(40, true));
   t.is(str(dsdt, 0, 4), 'DSDT');
   const dsl = disassemble(dsdt).replace(/\/\*.*?\*\//gs, '').replace(/\/\/.*$/gm, '').replace(/\s+/g, ' ');
+  t.regex(dsl, /Name \(\\_S3, Package \(0x04\) \{ One, One, Zero, Zero \}\)/);
   t.regex(dsl, /Name \(\\_S5, Package \(0x04\) \{ 0x05, 0x05, Zero, Zero \}\)/);
   t.regex(dsl, /Scope \(\\_SB\) \{ Device \(PCI0\) \{ Name \(_HID, EisaId \("PNP0A03"\) ?\)/);
   t.regex(dsl, /WordBusNumber \(ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, 0x0000, 0x00FF, 0x0000, 0x0100,/);
@@ -157,12 +160,13 @@ test('PM timer: 3.579545 MHz from the clock, 24 bits, readable at every width', 
   t.is(pm.pioRead(ACPI_PM_BASE + 11, 1), 0, 'the top byte of a 24-bit timer');
 });
 
-test('PM1a control: SCI_EN reads 1; SLP_EN with \\_S5\'s type powers off, other sleep types do not; SLP_EN is never stored', (t) => {
+test('PM1a control: SCI_EN reads 1; SLP_EN with \\_S5\'s type powers off, with \\_S3\'s suspends, other sleep types do nothing; SLP_EN is never stored', (t) => {
   let offs = 0;
-  const pm = new AcpiPm(() => offs++, () => 0);
+  let suspends = 0;
+  const pm = new AcpiPm(() => offs++, () => 0, () => suspends++);
   t.is(pm.pioRead(ACPI_PM_BASE + 4, 2) & 1, 1);
-  pm.pioWrite(ACPI_PM_BASE + 4, 2, (3 << 10) | (1 << 13)); // S3: not supported, nothing happens
-  t.is(offs, 0);
+  pm.pioWrite(ACPI_PM_BASE + 4, 2, (3 << 10) | (1 << 13)); // no \_S package names type 3
+  t.deepEqual([offs, suspends], [0, 0]);
   t.is(pm.pioRead(ACPI_PM_BASE + 4, 2) & (1 << 13), 0);
   pm.pioWrite(ACPI_PM_BASE + 4, 2, 5 << 10); // the type without SLP_EN
   t.is(offs, 0);
@@ -171,6 +175,23 @@ test('PM1a control: SCI_EN reads 1; SLP_EN with \\_S5\'s type powers off, other 
   // The same as two byte writes, high byte last.
   pm.pioWrite(ACPI_PM_BASE + 5, 1, ((5 << 10) | (1 << 13)) >> 8);
   t.is(offs, 2);
+  pm.pioWrite(ACPI_PM_BASE + 4, 2, 0x2400); // kvm-unit-tests' s3: SLP_TYP 1 | SLP_EN
+  t.deepEqual([offs, suspends], [2, 1]);
+  // Where nothing can resume the machine, S3 is ignored.
+  const plain = new AcpiPm(() => offs++, () => 0);
+  plain.pioWrite(ACPI_PM_BASE + 4, 2, 0x2400);
+  t.is(offs, 2);
+});
+
+test('S3 wake-up: RTC_EN in PM1_EN lets the alarm wake the machine; the wake sets WAK_STS and RTC_STS, which the guest clears', (t) => {
+  const pm = new AcpiPm(() => t.fail('no power-off'), () => 0, () => undefined);
+  t.false(pm.rtcWakeEnabled());
+  pm.pioWrite(ACPI_PM_BASE + 2, 2, 0x400); // kvm-unit-tests' s3: outw(0x400, pm1a_evt_blk + 2)
+  t.true(pm.rtcWakeEnabled());
+  pm.woke(true);
+  t.is(pm.pioRead(ACPI_PM_BASE, 2), 0x8400);
+  pm.pioWrite(ACPI_PM_BASE, 2, 0x8400);
+  t.is(pm.pioRead(ACPI_PM_BASE, 2), 0);
 });
 
 test('PM1 status is write-1-to-clear, enable is read-write, unknown offsets read all-ones and ignore writes', (t) => {

@@ -283,6 +283,7 @@ export const CI_TESTS: readonly TestSpec[] = [
   { name: 'vmexit_cr0_wp' },
   { name: 'vmexit_cr4_pge' },
   { name: 'realmode' },
+  { name: 's3' },
   { name: 'rmap_chain' },
   { name: 'la57' },
   { name: 'lam' },

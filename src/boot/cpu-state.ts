@@ -115,3 +115,31 @@ export function protectedModeState(mem: GuestMemory, entry: number, eax: number,
     },
   };
 }
+
+/**
+ * Real mode at `vector` (CS = vector >> 4, IP = its low 4 bits), caches on,
+ * paging and long mode off: how a PC BIOS enters the OS's waking vector on
+ * the way out of ACPI S3. The IVT's bounds stand in for an IDT.
+ */
+export function realModeState(vector: number): BootCpuState {
+  const seg = (selector: number, type: number): Segment => ({
+    base: BigInt(selector * 16), limit: 0xffff, selector, type, present: 1, dpl: 0, db: 0, s: 1, l: 0, g: 0, avl: 0,
+  });
+  const ds = seg(0, 0x3); // read/write, accessed
+  return {
+    regs: { rip: BigInt(vector & 0xf), rflags: 2n, rsp: 0n },
+    sregs: {
+      cs: seg(vector >>> 4, 0xb), // execute/read, accessed
+      ds, es: ds, fs: ds, gs: ds, ss: ds,
+      tr: { ...seg(0, 0xb), s: 0 }, // a busy TSS, as after reset
+      ldt: { ...seg(0, 0x2), s: 0 },
+      gdt: { base: 0n, limit: 0xffff },
+      idt: { base: 0n, limit: 0x3ff },
+      cr0: X86_CR0_ET,
+      cr2: 0n,
+      cr3: 0n,
+      cr4: 0n,
+      efer: 0n,
+    },
+  };
+}

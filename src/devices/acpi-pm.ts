@@ -2,8 +2,11 @@
 // at QEMU PIIX4's ports: PM1a event (status, enable), PM1a control, and the
 // PM timer, a 24-bit counter at 3.579545 MHz. A write of SLP_EN with the
 // sleep type \_S5 names powers the machine off, which is how Linux with ACPI
-// ends `poweroff`. There is no SMM: the block is always in ACPI mode (SCI_EN
-// reads 1), and it raises no SCI, since nothing here has an event to report.
+// ends `poweroff`; with \_S3's, the machine sleeps with its RAM kept until
+// the RTC alarm wakes it (RTC_EN), and resumes at the FACS waking vector
+// (src/vcpu/suspend.ts). There is no SMM: the block is always in ACPI mode
+// (SCI_EN reads 1), and it raises no SCI: its only event, RTC_STS, is set
+// on the way out of S3, when the guest reads it as the wake reason.
 import type { PioDevice } from '../bus/io-bus.js';
 
 export const ACPI_PM_BASE = 0xb000;
@@ -16,11 +19,17 @@ export const PM_TMR_LEN = 4;
 export const ACPI_PM_LENGTH = 12;
 /** The SCI's ISA IRQ, as on a PIIX4. */
 export const SCI_IRQ = 9;
-/** The SLP_TYP value the DSDT's \_S5 gives. */
+/** The SLP_TYP values the DSDT's \_S3 and \_S5 give (QEMU's). */
+export const SLP_TYP_S3 = 1;
 export const SLP_TYP_S5 = 5;
 export const PM_TIMER_HZ = 3_579_545;
 
 const SCI_EN = 1 << 0;
+/** PM1_STS and PM1_EN: the RTC alarm (status, and wake enable). */
+const RTC_STS = 1 << 10;
+const RTC_EN = 1 << 10;
+/** PM1_STS: set when the machine has woken from a sleep state. */
+const WAK_STS = 1 << 15;
 const SLP_EN = 1 << 13;
 const SLP_TYP_SHIFT = 10;
 
@@ -34,8 +43,23 @@ export class AcpiPm implements PioDevice {
   private control = SCI_EN;
   private readonly t0: number;
 
-  constructor(private readonly onPowerOff: () => void, private readonly now: MsClock = () => performance.now()) {
+  constructor(
+    private readonly onPowerOff: () => void,
+    private readonly now: MsClock = () => performance.now(),
+    /** The guest asked for S3 (suspend to RAM); null where nothing can resume it. */
+    private readonly onSuspend: (() => void) | null = null,
+  ) {
     this.t0 = now();
+  }
+
+  /** Whether the RTC alarm may wake the machine from S3 (PM1_EN.RTC_EN). */
+  rtcWakeEnabled(): boolean {
+    return (this.enable & RTC_EN) !== 0;
+  }
+
+  /** The machine woke from S3; `byRtc`: the alarm woke it. The guest reads why in PM1_STS. */
+  woke(byRtc: boolean): void {
+    this.status |= WAK_STS | (byRtc ? RTC_STS : 0);
   }
 
   /** The PM timer: ticks since the machine started, 24 bits. */
@@ -82,7 +106,9 @@ export class AcpiPm implements PioDevice {
       const v = shifted(at) | (this.control & keep);
       // SLP_EN is write-only: acting on it, never storing it.
       this.control = (v & ~SLP_EN) | SCI_EN;
-      if (v & SLP_EN && ((v >> SLP_TYP_SHIFT) & 7) === SLP_TYP_S5) this.onPowerOff();
+      const type = (v >> SLP_TYP_SHIFT) & 7;
+      if (v & SLP_EN && type === SLP_TYP_S5) this.onPowerOff();
+      else if (v & SLP_EN && type === SLP_TYP_S3) this.onSuspend?.();
     }
     // The timer is read-only; other offsets have nothing behind them.
   }

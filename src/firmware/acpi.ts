@@ -4,14 +4,15 @@
 // of src/devices/acpi-pm.ts (PM timer, PM1a event and control registers, so
 // `poweroff` and the suite's `inl_from_pmtimer` work), the reset register
 // (the i8042's 0xFE), the LAPICs and the IOAPIC with the ISA overrides the MP
-// table also lists. The DSDT (dsdtAml) holds \_S5 and the PCI host bridge
+// table also lists. The DSDT (dsdtAml) holds \_S3, \_S5 and the PCI host bridge
 // with its windows and INTx routing, all constant data (src/firmware/aml.ts).
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO_END, PCI_MMIO_START } from '../boot/layout.js';
 import { ioapicId } from './mptable.js';
 import { type Aml, device, dwordMemory, eisaId, integer, ioPorts, name, pkg, resourceTemplate, scope, wordBusNumber, wordIo } from './aml.js';
 import { PCI_CONFIG_ADDRESS, PCI_INTX_GSI_BASE, PCI_MAX_SLOTS } from '../devices/pci/pci-bus.js';
-import { ACPI_PM_BASE, PM1_CNT_OFFSET, PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_OFFSET, PM_TMR_LEN, SCI_IRQ, SLP_TYP_S5 } from '../devices/acpi-pm.js';
+import { ACPI_PM_BASE, PM1_CNT_OFFSET, PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_OFFSET, PM_TMR_LEN, SCI_IRQ, SLP_TYP_S3, SLP_TYP_S5 } from '../devices/acpi-pm.js';
+import { RTC_CENTURY } from '../devices/cmos-rtc.js';
 
 const OEM_ID = 'TSVSOR';
 const OEM_TABLE_ID = 'TSVISOR ';
@@ -20,6 +21,8 @@ const HEADER_SIZE = 36;
 const RSDP_SIZE = 36;
 const FADT_SIZE = 244; // revision 3 (ACPI 2.0): the X_ fields included
 const FACS_SIZE = 64;
+/** FACS: where the OS leaves the real-mode address to resume at after S3. */
+export const FACS_FIRMWARE_WAKING_VECTOR = 12;
 
 export interface AcpiOptions {
   /** Local APIC ids of the processors, boot processor first. */
@@ -74,7 +77,8 @@ function checksum(bytes: Uint8Array, at: number, len = bytes.length): void {
 }
 
 /**
- * DSDT: \_S5 (the sleep type that powers off) and the PCI host bridge
+ * DSDT: \_S3 and \_S5 (the sleep types that suspend to RAM and power
+ * off; QEMU's values) and the PCI host bridge
  * \_SB.PCI0, so that a guest with ACPI enumerates PCI through it as on a PC:
  * - _CRS: bus 0-255, the config ports 0xCF8-0xCFF, every other I/O port, and
  *   the 32-bit memory window where tsvisor places BARs;
@@ -105,6 +109,7 @@ export function dsdtAml(): number[] {
     name('_PRT', pkg(prt)),
   ]);
   return [
+    ...name('\\_S3', pkg([integer(SLP_TYP_S3), integer(SLP_TYP_S3), integer(0), integer(0)])),
     ...name('\\_S5', pkg([integer(SLP_TYP_S5), integer(SLP_TYP_S5), integer(0), integer(0)])),
     ...scope('\\_SB', [pci0]),
   ];
@@ -139,6 +144,7 @@ function fadt(facsAddr: number, dsdtAddr: number): Table {
   t.u8(91, PM_TMR_LEN);
   t.u16(96, 0x0fff); // P_LVL2_LAT > 100: no C2
   t.u16(98, 0x0fff); // P_LVL3_LAT > 1000: no C3
+  t.u8(108, RTC_CENTURY); // CENTURY: the RTC's CMOS byte that holds it
   // Flags: WBINVD, PROC_C1, PWR_BUTTON and SLP_BUTTON (none: 1 means "not a fixed button"), RESET_REG_SUP; a 24-bit timer.
   t.u32(112, (1 << 0) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 10));
   t.gasIo(116, 0x64, 1); // RESET_REG: the i8042's command port ...
@@ -174,12 +180,17 @@ function madt(o: AcpiOptions): Table {
 
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
 
+/** Where the FACS lies when the tables start at `base` (the first after the RSDP, 64-byte aligned as ACPI asks). */
+export function facsAddress(base: number): number {
+  return align(base + RSDP_SIZE, 64);
+}
+
 /** The whole set as it lies in memory from `base` (16-byte aligned, below 1 MiB): each table with its address. */
 export function acpiTables(base: number, o: AcpiOptions): Array<{ addr: number; bytes: Uint8Array }> {
   if (base % 16 !== 0) throw new Error('the RSDP must be 16-byte aligned');
   if (o.apicIds.length === 0) throw new Error('at least one processor');
   const rsdpAddr = base;
-  const facsAddr = align(rsdpAddr + RSDP_SIZE, 64);
+  const facsAddr = facsAddress(base);
   const dsdtTable = dsdt();
   const dsdtAddr = facsAddr + FACS_SIZE;
   const fadtAddr = align(dsdtAddr + dsdtTable.bytes.length, 16);

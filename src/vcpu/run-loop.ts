@@ -30,6 +30,8 @@ export class RunLoop {
   unclaimedMmio = 0;
   private end: RunEnd | null = null;
   private startedAt = 0;
+  /** A sleep the guest asked for (ACPI S3), taken once the current exit is handled. */
+  private sleepRequest: { wakeInMs: () => number | null; wake: () => RunEnd | null } | null = null;
 
   constructor(
     private readonly vcpu: Vcpu,
@@ -55,6 +57,27 @@ export class RunLoop {
   /** Ends the run after the current exit is handled (devices call this: reset, debug-exit). */
   finish(end: RunEnd): void {
     if (!this.end) this.end = end;
+  }
+
+  /**
+   * Keeps the vCPU out of KVM_RUN once the current exit is handled, for
+   * `wakeInMs()` milliseconds (null: until the VMM stops it), then calls
+   * `wake` to set where the guest resumes (src/vcpu/suspend.ts).
+   */
+  sleep(wakeInMs: () => number | null, wake: () => RunEnd | null): void {
+    this.sleepRequest = { wakeInMs, wake };
+  }
+
+  /** Waits outside KVM_RUN; false if the VMM stopped the vCPU meanwhile. */
+  private waitOutside(ms: number | null): boolean {
+    const deadline = ms === null ? Infinity : performance.now() + ms;
+    for (;;) {
+      if (Atomics.load(this.control, this.stopWord)) return false;
+      const left = deadline - performance.now();
+      if (left <= 0) return true;
+      // Slices, so that a stop is seen within 100 ms whoever signals it.
+      Atomics.wait(this.control, this.stopWord, 0, Math.min(left, 100));
+    }
   }
 
   loop(): RunEnd {
@@ -123,6 +146,14 @@ export class RunLoop {
           break;
         default:
           this.finish({ kind: 'internal-error', message: `unexpected exit ${abi.EXIT_REASON_NAMES[reason] ?? reason} at ${this.where()}` });
+      }
+      if (this.sleepRequest !== null && this.end === null) {
+        const { wakeInMs, wake } = this.sleepRequest;
+        this.sleepRequest = null;
+        const ms = wakeInMs();
+        if (!this.waitOutside(ms)) return { kind: 'stopped', message: `stopped by the VMM while the guest slept in ACPI S3${ms === null ? ' with no wake-up set (the RTC alarm, with PM1_EN.RTC_EN)' : ''}` };
+        const end = wake();
+        if (end) this.finish(end);
       }
       if (server !== null) server.serve();
     }

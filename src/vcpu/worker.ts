@@ -13,6 +13,10 @@ import { Serial16550, COM1_BASE, COM1_IRQ } from '../devices/serial.js';
 import { DebugExit, DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT, I8042, Sink, type MachineEvent } from '../devices/platform.js';
 import { FwCfg, FW_CFG_PORT_SEL } from '../devices/fw-cfg.js';
 import { AcpiPm, ACPI_PM_BASE, ACPI_PM_LENGTH } from '../devices/acpi-pm.js';
+import { CmosRtc, RTC_INDEX_PORT } from '../devices/cmos-rtc.js';
+import { facsAddress } from '../firmware/acpi.js';
+import { BIOS_AREA_START } from '../boot/layout.js';
+import { SuspendToRam } from './suspend.js';
 import { attachPcTestdev, madvisePageFlusher } from '../devices/pc-testdev.js';
 import { DoorbellRinger } from '../loop/bottom-half.js';
 import { RunLoop } from './run-loop.js';
@@ -72,8 +76,15 @@ if (isBsp) {
   pio.register(new Sink('post'), 0x80, 1);
   // fw_cfg: the selector and data ports.
   if (data.fwCfg) pio.register(new FwCfg(data.fwCfg), FW_CFG_PORT_SEL, 2);
-  // The ACPI PM block the FADT names: PM timer, power-off through PM1a control.
-  if (data.acpi) pio.register(new AcpiPm(() => onEvent({ kind: 'poweroff' })), ACPI_PM_BASE, ACPI_PM_LENGTH);
+  // The RTC and CMOS RAM: the time of day, and the alarm that wakes the machine from S3.
+  const rtc = new CmosRtc();
+  pio.register(rtc, RTC_INDEX_PORT, 2);
+  // The ACPI PM block the FADT names: PM timer, power-off and suspend to RAM through PM1a control.
+  if (data.acpi) {
+    const pm: AcpiPm = new AcpiPm(() => onEvent({ kind: 'poweroff' }), undefined, () => loop.sleep(() => s3.wakeInMs(), () => s3.resume()));
+    const s3 = new SuspendToRam(vcpu, mem, facsAddress(BIOS_AREA_START), pm, rtc);
+    pio.register(pm, ACPI_PM_BASE, ACPI_PM_LENGTH);
+  }
   // QEMU's ISA test device: scratch and flush ports, IRQ lines through KVM_IRQ_LINE, 64 KiB of MMIO at 0xff000000.
   if (data.pcTestdev) attachPcTestdev({ pio, mmio }, vm, madvisePageFlusher(data.ram));
   // PCI: host bridge and devices at 0xCF8-0xCFF, their BARs on the buses.
