@@ -1,7 +1,8 @@
 // A stock Debian cloud kernel (bzImage, LZ4 payload decompressed on the host)
 // with its own initramfs, booted as a user would boot a distribution kernel:
-// it reaches user space, loads virtio_net as a module, pings the host inside
-// a namespace this test creates, and powers off by ACPI; then, where ring 0
+// it reaches user space, loads virtio_net as a module, sleeps in ACPI S3 until
+// the RTC alarm wakes it, pings the host inside a namespace this test
+// creates, and powers off by ACPI; then, where ring 0
 // is native, on 2 and 4 vCPUs with a queue pair each. A file of its own so
 // that npm test runs it beside linux-boot's default-guest boots (each takes a
 // core; on kvm_pvm this one takes 14 to 23 minutes) instead of after them.
@@ -13,10 +14,16 @@ import { kvmTestSerial, hostKind } from './helpers/kvm.js';
 import { testNet, netMissing } from './helpers/netns.js';
 import { bootToEnd, inLane } from './helpers/lane.js';
 
-kvmTestSerial('a stock Debian cloud kernel (bzImage, host-decompressed) reaches user space, loads virtio_net, pings the host and powers off by ACPI with status 0', async (t) => {
+kvmTestSerial('a stock Debian cloud kernel (bzImage, host-decompressed) reaches user space, loads virtio_net, sets its clock from the CMOS RTC, suspends to RAM (ACPI S3) until the RTC alarm wakes it where ring 0 is native, then pings the host and powers off by ACPI with status 0', async (t) => {
   const guest = debianGuestPaths()!;
   const net = testNet(t);
-  const command = `lsmod | grep -q '^virtio_net' && echo virtio_net-loaded; ping -c 3 -W 5 ${SANDBOX_HOST_IP}`;
+  // S3 through sysfs as rtcwake does it: an alarm 2 s ahead, then "mem"; the ping comes after the resume.
+  // Not on kvm_pvm: Linux's suspend path enters a kernel FPU section, whose LDMXCSR kvm_pvm's
+  // emulator lacks (it ended the run there, 2026-12-07); the lane runs it.
+  const s3 = hostKind !== 'kvm_pvm';
+  const sleep = s3 ? 'echo +2 > /sys/class/rtc/rtc0/wakealarm && echo mem > /sys/power/state && echo s3-resumed; ' : '';
+  const command = `lsmod | grep -q '^virtio_net' && echo virtio_net-loaded; ${sleep}ping -c 3 -W 5 ${SANDBOX_HOST_IP}`;
+  const bootedAt = Date.now() / 1000;
   const vm = await Vm.boot({ kernel: guest.bzImage, initrd: guest.initrd, cmdline: `console=ttyS0 panic=-1 ${sandboxIpParam()}`, memMiB: 512, net: { tap: net.tap }, timeoutMs: 40 * 60_000, command });
   t.teardown(() => vm.stop());
   t.is(vm.info.format, 'bzImage');
@@ -29,6 +36,16 @@ kvmTestSerial('a stock Debian cloud kernel (bzImage, host-decompressed) reaches 
   t.is(exit.kind, 'command', `${exit.reason}; the console's last lines:\n${vm.console.output.split('\n').slice(-40).join('\n')}`);
   t.is(exit.status, 0);
   t.regex(vm.console.output, /ACPI: PCI Root Bridge \[PCI0\]/, 'PCI found through the DSDT');
+  // The RTC: Linux's rtc_cmos finds it and sets the system clock from it, to the host's time.
+  const rtcClock = /rtc_cmos rtc_cmos: setting system clock to \S+ UTC \((\d+)\)/.exec(vm.console.output);
+  t.truthy(rtcClock, 'rtc_cmos set the clock from the RTC');
+  if (rtcClock) t.true(Math.abs(Number(rtcClock[1]) - bootedAt) < exit.stats.runMs / 1000 + 60, `the RTC's time (${rtcClock[1]}) is the host's`);
+  // S3: the DSDT's \_S3, the sleep, the RTC alarm's wake-up, and a NIC that works after the resume (the ping).
+  t.regex(vm.console.output, /ACPI: PM: \(supports S0 S3 S5\)/);
+  if (s3) {
+    t.regex(vm.console.output, /ACPI: PM: Waking up from system sleep state S3/);
+    t.regex(vm.console.output, /s3-resumed[\s\S]*3 packets transmitted, 3 packets received/);
+  }
   // The cloud kernel has no /dev/port: init says the status on the console and powers off, which Linux does by ACPI S5.
   t.regex(exit.reason, /then the guest powered off \(ACPI S5\)/);
 }, () => netMissing() ?? (debianGuestPaths() ? null : DEBIAN_GUEST_MISSING));
