@@ -188,7 +188,7 @@ test('S3 wake-up: RTC_EN in PM1_EN lets the alarm wake the machine; the wake set
   t.false(pm.rtcWakeEnabled());
   pm.pioWrite(ACPI_PM_BASE + 2, 2, 0x400); // kvm-unit-tests' s3: outw(0x400, pm1a_evt_blk + 2)
   t.true(pm.rtcWakeEnabled());
-  pm.woke(true);
+  pm.wokeByRtcAlarm();
   t.is(pm.pioRead(ACPI_PM_BASE, 2), 0x8400);
   pm.pioWrite(ACPI_PM_BASE, 2, 0x8400);
   t.is(pm.pioRead(ACPI_PM_BASE, 2), 0);

@@ -57,9 +57,9 @@ export class AcpiPm implements PioDevice {
     return (this.enable & RTC_EN) !== 0;
   }
 
-  /** The machine woke from S3; `byRtc`: the alarm woke it. The guest reads why in PM1_STS. */
-  woke(byRtc: boolean): void {
-    this.status |= WAK_STS | (byRtc ? RTC_STS : 0);
+  /** The RTC alarm woke the machine from S3: the guest reads why in PM1_STS. */
+  wokeByRtcAlarm(): void {
+    this.status |= WAK_STS | RTC_STS;
   }
 
   /** The PM timer: ticks since the machine started, 24 bits. */

@@ -65,14 +65,19 @@ export class CmosRtc implements PioDevice {
   private offsetMs = 0;
   /** The time as the guest set it while SET holds the clock still, ms. */
   private frozenMs = 0;
-  /** Register C's flags accumulate over the seconds since it was last read. */
-  private flagsFromMs: number;
+  /** Register C's flags cover the guest's seconds after this one (the second it was last read in). */
+  private flagsFromSecond: number;
 
   constructor(private readonly now: WallClock = hostWallClock) {
     this.ram[REG_A] = 0x26; // 32.768 kHz time base, 1024 Hz rate: what a BIOS leaves
     this.ram[REG_B] = REG_B_24H;
     this.ram[REG_D] = REG_D_VRT;
-    this.flagsFromMs = now();
+    this.flagsFromSecond = Math.floor(now() / 1000);
+  }
+
+  /** Registers 0x00-0x09 but the alarms, and the century: computed from the time, never stored. */
+  private static isClockField(reg: number): boolean {
+    return (reg <= YEAR && reg !== SECONDS_ALARM && reg !== MINUTES_ALARM && reg !== HOURS_ALARM) || reg === RTC_CENTURY;
   }
 
   /** The guest's time now, ms since the epoch. */
@@ -92,54 +97,34 @@ export class CmosRtc implements PioDevice {
   }
 
   readRegister(reg: number): number {
-    switch (reg) {
-      case REG_A: {
-        const ms = this.guestMs();
-        const setting = this.ram[REG_B] & REG_B_SET;
-        return (this.ram[REG_A] & 0x7f) | (!setting && ms - Math.floor(ms / 1000) * 1000 >= 1000 - UIP_MS ? REG_A_UIP : 0);
-      }
-      case REG_C: {
-        const c = this.pendingFlags();
-        this.flagsFromMs = this.now();
-        return c;
-      }
-      case SECONDS_ALARM:
-      case MINUTES_ALARM:
-      case HOURS_ALARM:
-      case REG_B:
-      case REG_D:
-        return this.ram[reg];
+    if (reg === REG_A) {
+      const ms = this.guestMs();
+      const updating = !(this.ram[REG_B] & REG_B_SET) && ms - Math.floor(ms / 1000) * 1000 >= 1000 - UIP_MS;
+      return (this.ram[REG_A] & 0x7f) | (updating ? REG_A_UIP : 0);
     }
-    if (reg <= YEAR || reg === RTC_CENTURY) return this.timeField(reg, this.guestMs());
-    return this.ram[reg];
+    if (reg === REG_C) {
+      const c = this.pendingFlags();
+      this.flagsFromSecond = Math.floor(this.guestMs() / 1000);
+      return c;
+    }
+    return CmosRtc.isClockField(reg) ? this.timeField(reg, this.guestMs()) : this.ram[reg];
   }
 
   writeRegister(reg: number, v: number): void {
-    switch (reg) {
-      case REG_A:
-        this.ram[REG_A] = v & 0x7f; // UIP is read-only
-        return;
-      case REG_B: {
-        const was = this.ram[REG_B] & REG_B_SET;
-        if (v & REG_B_SET && !was) this.frozenMs = this.now() + this.offsetMs;
-        this.ram[REG_B] = v;
-        if (!(v & REG_B_SET) && was) this.offsetMs = this.frozenMs - this.now();
-        return;
-      }
-      case REG_C:
-      case REG_D:
-        return; // read-only
-      case SECONDS_ALARM:
-      case MINUTES_ALARM:
-      case HOURS_ALARM:
-        this.ram[reg] = v;
-        return;
-    }
-    if (reg <= YEAR || reg === RTC_CENTURY) {
+    if (reg === REG_A) {
+      this.ram[REG_A] = v & 0x7f; // UIP is read-only
+    } else if (reg === REG_B) {
+      const was = this.ram[REG_B] & REG_B_SET;
+      if (v & REG_B_SET && !was) this.frozenMs = this.now() + this.offsetMs;
+      this.ram[REG_B] = v;
+      if (!(v & REG_B_SET) && was) this.offsetMs = this.frozenMs - this.now();
+    } else if (reg === REG_C || reg === REG_D) {
+      // read-only
+    } else if (CmosRtc.isClockField(reg)) {
       this.setTimeField(reg, v);
-      return;
+    } else {
+      this.ram[reg] = v;
     }
-    this.ram[reg] = v;
   }
 
   /** A clock register's value at `ms`, in the guest's format. */
@@ -215,7 +200,7 @@ export class CmosRtc implements PioDevice {
   /** Register C: the flags of the updates since it was last read. */
   private pendingFlags(): number {
     if (this.ram[REG_B] & REG_B_SET) return 0;
-    const from = Math.floor((this.flagsFromMs + this.offsetMs) / 1000);
+    const from = this.flagsFromSecond;
     const to = Math.floor(this.guestMs() / 1000);
     let c = 0;
     if (to > from) {

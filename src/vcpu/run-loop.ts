@@ -20,6 +20,12 @@ export interface RunEnd {
   message: string;
 }
 
+/** What puts the vCPU to sleep: how long for, and where the guest goes on (src/vcpu/suspend.ts). */
+export interface Sleeper {
+  wakeInMs(): number | null;
+  resume(): RunEnd | null;
+}
+
 export class RunLoop {
   private readonly run: DataView;
   private readonly runBytes: Uint8Array;
@@ -31,7 +37,7 @@ export class RunLoop {
   private end: RunEnd | null = null;
   private startedAt = 0;
   /** A sleep the guest asked for (ACPI S3), taken once the current exit is handled. */
-  private sleepRequest: { wakeInMs: () => number | null; wake: () => RunEnd | null } | null = null;
+  private sleepRequest: Sleeper | null = null;
 
   constructor(
     private readonly vcpu: Vcpu,
@@ -62,10 +68,10 @@ export class RunLoop {
   /**
    * Keeps the vCPU out of KVM_RUN once the current exit is handled, for
    * `wakeInMs()` milliseconds (null: until the VMM stops it), then calls
-   * `wake` to set where the guest resumes (src/vcpu/suspend.ts).
+   * `resume` to set where the guest goes on (src/vcpu/suspend.ts).
    */
-  sleep(wakeInMs: () => number | null, wake: () => RunEnd | null): void {
-    this.sleepRequest = { wakeInMs, wake };
+  sleep(sleeper: Sleeper): void {
+    this.sleepRequest = sleeper;
   }
 
   /** Waits outside KVM_RUN; false if the VMM stopped the vCPU meanwhile. */
@@ -148,11 +154,11 @@ export class RunLoop {
           this.finish({ kind: 'internal-error', message: `unexpected exit ${abi.EXIT_REASON_NAMES[reason] ?? reason} at ${this.where()}` });
       }
       if (this.sleepRequest !== null && this.end === null) {
-        const { wakeInMs, wake } = this.sleepRequest;
+        const sleeper = this.sleepRequest;
         this.sleepRequest = null;
-        const ms = wakeInMs();
+        const ms = sleeper.wakeInMs();
         if (!this.waitOutside(ms)) return { kind: 'stopped', message: `stopped by the VMM while the guest slept in ACPI S3${ms === null ? ' with no wake-up set (the RTC alarm, with PM1_EN.RTC_EN)' : ''}` };
-        const end = wake();
+        const end = sleeper.resume();
         if (end) this.finish(end);
       }
       if (server !== null) server.serve();

@@ -14,15 +14,12 @@ import type { AcpiPm } from '../devices/acpi-pm.js';
 import type { CmosRtc } from '../devices/cmos-rtc.js';
 import { FACS_FIRMWARE_WAKING_VECTOR } from '../firmware/acpi.js';
 import { realModeState } from '../boot/cpu-state.js';
-import type { RunEnd } from './run-loop.js';
+import type { RunEnd, Sleeper } from './run-loop.js';
 
 /** Real mode reaches the first MiB (plus the 64 KiB above it, which no waking vector needs). */
 const REAL_MODE_LIMIT = 0x100000;
 
-export class SuspendToRam {
-  /** Times the machine slept and woke, for --stats and tests. */
-  resumes = 0;
-
+export class SuspendToRam implements Sleeper {
   constructor(
     private readonly vcpu: Vcpu,
     private readonly mem: GuestMemory,
@@ -38,14 +35,13 @@ export class SuspendToRam {
 
   /** The alarm rang: resume at the waking vector, or end the run where there is none to resume at. */
   resume(): RunEnd | null {
-    this.pm.woke(true);
+    this.pm.wokeByRtcAlarm();
     const vector = this.mem.readU32(this.facsAddr + FACS_FIRMWARE_WAKING_VECTOR);
     if (vector <= 0) return { kind: 'reset', message: 'the guest woke from S3 with no waking vector in its FACS: a reboot, as a BIOS does' };
     if (vector >= REAL_MODE_LIMIT) return { kind: 'reset', message: `the guest woke from S3 with a waking vector (0x${vector.toString(16)}) out of real mode's reach: a reboot, as a BIOS does` };
     const state = realModeState(vector);
     this.vcpu.setSregs(state.sregs);
     this.vcpu.setRegs(state.regs);
-    this.resumes++;
     return null;
   }
 }

@@ -81,7 +81,7 @@ if (isBsp) {
   pio.register(rtc, RTC_INDEX_PORT, 2);
   // The ACPI PM block the FADT names: PM timer, power-off and suspend to RAM through PM1a control.
   if (data.acpi) {
-    const pm: AcpiPm = new AcpiPm(() => onEvent({ kind: 'poweroff' }), undefined, () => loop.sleep(() => s3.wakeInMs(), () => s3.resume()));
+    const pm: AcpiPm = new AcpiPm(() => onEvent({ kind: 'poweroff' }), undefined, () => loop.sleep(s3));
     const s3 = new SuspendToRam(vcpu, mem, facsAddress(BIOS_AREA_START), pm, rtc);
     pio.register(pm, ACPI_PM_BASE, ACPI_PM_LENGTH);
   }
