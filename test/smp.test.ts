@@ -19,7 +19,7 @@ import { sandboxIpParam, SANDBOX_HOST_IP } from '../src/net/net-option.js';
 import { firmwareImage, firmwareMissing, hostKind, kvmTestSerial } from './helpers/kvm.js';
 import { tsvisorRun } from './helpers/cli.js';
 import { netMissing, testNet, type TestNet } from './helpers/netns.js';
-import { bootToEnd, inLane } from './helpers/lane.js';
+import { bootToEnd, inLane, runToEnd } from './helpers/lane.js';
 
 const tsvisor = tsvisorRun;
 
@@ -125,22 +125,41 @@ kvmTestSerial('--cpus 2: Linux sees both CPUs (MADT) with a tick on each, enable
   t.is(stats.totalExits, stats.vcpus!.reduce((n, v) => n + v.totalExits, 0), 'the total is the sum');
 }, () => netMissing() ?? smpGuestMissing());
 
-kvmTestSerial('--cpus 4 with acpi=off: the MP table alone lists the CPUs, and a power-off that halts every CPU with interrupts off ends the run with status 0', async (t) => {
+kvmTestSerial('--cpus 4 with acpi=off and --net sandbox: the MP table alone lists the CPUs, the NIC offers a queue pair per CPU, a ping from each CPU answered and sent on its own pair, the queues’ interrupts busiest on several CPUs, and a power-off that halts every CPU with interrupts off ends the run with status 0', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tsvisor-smp-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // As its own init: print what the kernel found, then power off. Without ACPI
-  // Linux stops the other CPUs (each halts with interrupts off), then halts itself.
+  // As its own init: print what the kernel found, ping from each CPU (Linux maps CPU k to TX queue k),
+  // then power off. Without ACPI Linux stops the other CPUs (each halts with interrupts off), then
+  // halts itself. The kernel's ip= (the CLI adds the sandbox's) has configured eth0.
   const init = join(dir, 'off.sh');
-  writeFileSync(init, '#!/bin/sh\nmount -t proc proc /proc\necho "cpus=$(grep -c ^processor /proc/cpuinfo) acpi=$([ -d /sys/firmware/acpi ] && echo on || echo off)"\nexec poweroff -f\n');
+  writeFileSync(init, [
+    '#!/bin/sh',
+    'mount -t proc proc /proc; mount -t sysfs sys /sys',
+    'echo "cpus=$(grep -c ^processor /proc/cpuinfo) acpi=$([ -d /sys/firmware/acpi ] && echo on || echo off) rx-queues=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)"',
+    `for c in 0 1 2 3; do taskset -c $c ping -c 3 -W 5 ${SANDBOX_HOST_IP} > /tmp/ping$c & done; wait`,
+    'echo "pings-ok=$(cat /tmp/ping* | grep -c \'3 packets received\')"',
+    'grep virtio0 /proc/interrupts | sed "s/^/irq: /"',
+    'exec poweroff -f',
+    '',
+  ].join('\n'));
   chmodSync(init, 0o755);
   const statsJson = join(dir, 'stats.json');
-  const r = await tsvisor(['run', '--cpus', '4', '--append', 'console=ttyS0 panic=-1 quiet acpi=off rdinit=/root/off.sh', '--add', init, '--timeout', '900', '--stats-json', statsJson]);
-  t.regex(r.stdout, /cpus=4 acpi=off/, r.stdout.slice(-2000));
-  t.is(r.status, 0, r.stderr.slice(-2000));
-  const end = JSON.parse(readFileSync(statsJson, 'utf8')) as { kind: string; reason: string; stats: ExitStats };
+  const r = await runToEnd(t, () => tsvisor(['run', '--cpus', '4', '--net', 'sandbox', '--append', 'console=ttyS0 panic=-1 quiet acpi=off rdinit=/root/off.sh', '--add', init, '--timeout', '900', '--stats-json', statsJson]));
+  const tail = `${r.stdout.slice(-2000)}\n${r.stderr.slice(-1000)}`;
+  t.regex(r.stdout, /cpus=4 acpi=off rx-queues=4/, tail);
+  t.regex(r.stdout, /pings-ok=4/, 'every CPU\'s ping answered');
+  t.is(r.status, 0, tail);
+  const end = JSON.parse(readFileSync(statsJson, 'utf8')) as { kind: string; reason: string; stats: ExitStats; net: { queuePairs: number; pairPackets: Array<{ tx: number; rx: number }>; deviceErrors: string[] } };
   t.deepEqual([end.kind, end.reason], ['poweroff', 'the guest halted with interrupts disabled (a power-off or halt)']);
   t.is(end.stats.vcpus?.length, 4);
-}, smpGuestMissing);
+  t.log(`pairs: ${JSON.stringify(end.net.pairPackets)}`);
+  t.is(end.net.queuePairs, 4, 'one pair per vCPU by default');
+  t.true(end.net.pairPackets.every((p) => p.tx > 0), 'frames sent on every pair');
+  t.deepEqual(end.net.deviceErrors, []);
+  const irqs = queueInterrupts(r.stdout, 4);
+  const busy = new Set([...irqs.values()].filter((c) => c.some((n) => n > 0)).map((c) => c.indexOf(Math.max(...c))));
+  t.true(busy.size >= 2, `queue interrupts busiest on CPUs ${[...busy].join(', ')}: ${JSON.stringify([...irqs])}`);
+}, () => netMissing() ?? smpGuestMissing());
 
 // Not in the hardware-KVM lane: there the lane's own VM froze, rebooted or reported a reset vCPU under
 // these nested vCPUs hammering registers (four vCPUs: 3 of 5 runs; two: 2 hangs in 10 runs on
