@@ -449,7 +449,7 @@ test('RX without MRG_RXBUF: one chain per frame, num_buffers 1, one interrupt pe
   t.is(r.net.stats.rxPackets, 3);
 });
 
-test('RX with MRG_RXBUF: a frame larger than one buffer spans several; num_buffers counts them; spare chains are unpopped', async (t) => {
+test('RX with MRG_RXBUF: a frame larger than one buffer spans several; num_buffers counts them; chains a frame did not use stay with the device and are used next, in order', async (t) => {
   const r = rig(t, { features: [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF] });
   const heads = addRx(r, 8, 512);
   r.rx.kick();
@@ -471,8 +471,46 @@ test('RX with MRG_RXBUF: a frame larger than one buffer spans several; num_buffe
   joined.set(r.mem.read(b + 0x20000, 188)!, 1024);
   t.deepEqual(joined.subarray(12), big);
   t.is(r.mem.readU16(b + 0x30000 + 10), 1, 'the small frame took one buffer');
-  t.is(r.net.rxq.availCount(), 4, 'the other chains are still available');
+  // Each read needs the room of a maximal frame (1526 bytes: three chains). After the small frame the device
+  // holds chains 4 and 5, and the read that found nothing more popped chain 6: it keeps all three, where
+  // unpopping would have left 4 available…
+  t.is(r.net.rxq.availCount(), 1, 'the spare chains are kept, not unpopped');
   t.is(r.irq.queue[0], 1);
+  // …and the next frames take them in the order the guest offered them, then the chains added later.
+  const more = addRx(r, 2, 512, DATA + 0x300000);
+  r.rx.kick();
+  r.vcpu.onQueueNotify(0);
+  for (let i = 0; i < 5; i++) r.backend.send(withHeader(ethFrame(MAC, PEER, 0x0800, 50, 20 + i), 12));
+  await until(() => r.rx.usedIdx() === 9, 2000, '5 more used buffers');
+  t.deepEqual(r.rx.takeUsed().map((u) => u.id), [...heads.slice(4, 8), more[0]]);
+  t.is(r.net.stats.rxPackets, 7);
+  t.deepEqual(r.net.stats.deviceErrors, []);
+});
+
+test('TX then RX: an answer the host makes inside the writev (an echo reply) is delivered by the same TX bottom half, not after another wake-up', async (t) => {
+  const r = rig(t);
+  addRx(r, 4, 1530);
+  r.rx.kick();
+  r.vcpu.onQueueNotify(0);
+  await settled(r.loop);
+  const reply = ethFrame(MAC, PEER, 0x0800, 80, 3);
+  // The peer answers while the device's writev is still in progress, as the host's stack does for a TAP.
+  r.backend.writeHook = (iov, n) => {
+    r.backend.writeHook = null;
+    const sent = r.backend.writev(iov, n);
+    r.backend.send(withHeader(reply, 12));
+    return sent;
+  };
+  const readable = r.net.stats.rxReadableCallbacks;
+  addTx(r, DATA, ethFrame(PEER, MAC, 0x0800, 80, 2), 0);
+  r.tx.kick();
+  r.vcpu.onQueueNotify(1);
+  await until(() => r.rx.usedIdx() === 1, 2000, 'the reply delivered');
+  await settled(r.loop);
+  t.deepEqual(r.mem.read(DATA + 0x200000 + 12, reply.length), reply);
+  t.is(r.net.stats.rxAfterTx, 1, 'read right after the TX bottom half sent');
+  t.is(r.net.stats.rxReadableCallbacks, readable, 'no readable callback was needed');
+  t.is(r.backend.receiveAll().length, 1, 'the request went out');
 });
 
 test('RX: no buffers → reading stops (nothing dropped); the RX kick resumes it', async (t) => {

@@ -3,8 +3,11 @@
 //
 // While the backend is readable and the guest has buffers, one frame per
 // readv goes straight into the chains' writable segments (with MRG_RXBUF
-// several chains, `num_buffers` in the first header; chains not needed are
-// unpopped). With less room than the largest frame the read goes to a bounce
+// several chains, `num_buffers` in the first header). Chains popped and not
+// used by a frame stay with the device for the next one, parsed, instead of
+// being unpopped and popped again (Firecracker's rx_buffer): with MRG_RXBUF
+// the room for a 64 KiB frame is some 40 chains, which every frame and every
+// read that finds nothing would otherwise walk. With less room than the largest frame the read goes to a bounce
 // buffer first; a frame that does not fit yet is held there. Frames are never
 // dropped for lack of buffers: reading stops (the fd watch is turned off)
 // until the guest kicks the RX queue (`kick`). One interrupt per batch.
@@ -35,7 +38,11 @@ export interface RxEvents {
 }
 
 export class NetRx {
+  /** Popped chains; [0, kept) are not used yet, oldest first. */
   private readonly chains: DescriptorChain[] = [];
+  private kept = 0;
+  /** The queue's generation the kept chains were popped in. */
+  private keptGeneration = -1;
   private readonly iov: Iovecs;
   /** Host memory a frame is read into when the guest's buffers are smaller than the largest frame. */
   readonly bounce: NativeBuffer;
@@ -75,6 +82,7 @@ export class NetRx {
 
   /** Device reset: forget held frames, pending entries and the stall. */
   reset(): void {
+    this.kept = 0;
     this.heldLen = -1;
     this.pending = 0;
     this.waiting = false;
@@ -107,6 +115,14 @@ export class NetRx {
     }
     // Deliver a held frame (and whatever else waits) now rather than at the next poll.
     this.pump();
+  }
+
+  /** This pair's TX just sent frames: deliver what the backend already holds, unless reading waits for buffers. */
+  pollAfterTx(): void {
+    if (this.waiting) return;
+    const before = this.packets;
+    this.pump();
+    if (this.packets !== before) this.ctx.counters.rxAfterTx++;
   }
 
   /** Delivers frames while there are frames and buffers, at most `burst`; one interrupt at the end. */
@@ -169,17 +185,26 @@ export class NetRx {
   }
 
   /**
-   * Pops chains until their writable space reaches `need` (one chain without
-   * MRG_RXBUF), filling the iovecs with their writable segments. Returns the
-   * chain count; `iov.bytes` is the space. -1 when the queue broke.
+   * The kept chains, then more popped until their writable space reaches
+   * `need` (one chain without MRG_RXBUF), with their writable segments in the
+   * iovecs. Returns the chain count, all kept until complete() uses some;
+   * `iov.bytes` is the space. -1 when the queue broke.
    */
   private gather(need: number): number {
     const ctx = this.ctx;
     const q = this.queue;
     const iov = this.iov;
     const { mergeable, hdrLen } = ctx.negotiated;
+    if (this.keptGeneration !== q.generation) {
+      // A reset or a new activation: the chains belonged to the old ring.
+      this.kept = 0;
+      this.keptGeneration = q.generation;
+    }
     iov.reset();
     let n = 0;
+    for (; n < this.kept; n++) {
+      if (!this.addSegments(this.chains[n])) return -1;
+    }
     while (iov.bytes < need && (n === 0 || mergeable) && n < q.maxSize) {
       const c = this.chain(n);
       if (!q.pop(c)) {
@@ -203,33 +228,48 @@ export class NetRx {
         q.unpop(1);
         break;
       }
-      for (let s = c.readableSegments; s < c.length; s++) {
-        if (!iov.add(c.gpa[s], c.len[s])) {
-          // Checked by pop() and by the IOV_MAX test above: a tsvisor bug, not a guest's.
-          ctx.deviceError('RX chain segment could not be mapped to host memory');
-          return -1;
-        }
-      }
+      if (!this.addSegments(c)) return -1;
       n++;
     }
+    this.kept = n;
     if (n > 0 && q.notificationEnabled) q.setNotification(false);
     return n;
+  }
+
+  private addSegments(c: DescriptorChain): boolean {
+    for (let s = c.readableSegments; s < c.length; s++) {
+      if (!this.iov.add(c.gpa[s], c.len[s])) {
+        // Checked by pop() and by the IOV_MAX test in gather(): a tsvisor bug, not a guest's.
+        this.ctx.deviceError('RX chain segment could not be mapped to host memory');
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** A frame used the first `used` kept chains: the rest move to the front, oldest first. */
+  private consume(used: number): void {
+    const c = this.chains;
+    const rest = this.kept - used;
+    // Swapping forward leaves c[i] = the old c[i + used] for every i < rest.
+    for (let i = 0; i < rest; i++) {
+      const t = c[i];
+      c[i] = c[i + used];
+      c[i + used] = t;
+    }
+    this.kept = rest;
   }
 
   private receiveOne(): number {
     const ctx = this.ctx;
     const s = ctx.counters;
-    const q = this.queue;
     const { hdrLen, mergeable } = ctx.negotiated;
     // A frame already read, waiting for buffers.
     if (this.heldLen >= 0) {
       const len = this.heldLen;
       const n = this.gather(len);
       if (n < 0) return RX_STOP;
-      if (this.iov.bytes < len) {
-        q.unpop(n);
-        return RX_NO_BUFFERS;
-      }
+      if (this.iov.bytes < len) return RX_NO_BUFFERS;
       copyToChains(this.memory, this.chains, n, this.bounce.bytes.subarray(0, len));
       this.heldLen = -1;
       return this.complete(n, len);
@@ -248,8 +288,8 @@ export class NetRx {
       // Less room than a maximum frame: read into the bounce buffer, then see if it fits.
       len = this.backend.readv(this.bounceIov.address, 1);
     }
+    // From here on, chains a frame does not use stay kept for the next one.
     if (len < 0) {
-      q.unpop(n);
       if (len === -EAGAIN || len === -EINTR) return RX_EMPTY;
       s.drops.rxReadError++;
       s.lastErrno = -len;
@@ -261,24 +301,18 @@ export class NetRx {
       this.stall();
       return RX_STOP;
     }
-    if (len === 0) {
-      q.unpop(n);
-      return RX_EMPTY;
-    }
+    if (len === 0) return RX_EMPTY;
     if (len < hdrLen + 14) {
-      q.unpop(n);
       s.drops.rxRunt++;
       return RX_DELIVERED;
     }
     if (space >= need) {
       if (len > space) {
         // tun reports the whole length of a frame it truncated: the MTU grew past what we planned for.
-        q.unpop(n);
         s.drops.rxTruncated++;
         return RX_DELIVERED;
       }
     } else if (len > space) {
-      q.unpop(n);
       if (!mergeable) {
         // QEMU drops what one non-mergeable buffer cannot hold.
         s.drops.rxTooBig++;
@@ -292,7 +326,7 @@ export class NetRx {
     return this.complete(n, len);
   }
 
-  /** A frame of `len` bytes (header included) sits in the first chains: filter, fill used entries, unpop the rest. */
+  /** A frame of `len` bytes (header included) sits in the first chains: filter, fill used entries, keep the rest. */
   private complete(chains: number, len: number): number {
     const ctx = this.ctx;
     const q = this.queue;
@@ -302,7 +336,6 @@ export class NetRx {
       const dst = this.dst;
       for (let i = 0; i < 6; i++) dst[i] = first.byteAt(hdrLen + i);
       if (!rxFilterAccepts(this.filter, dst, ctx.config.bytes)) {
-        q.unpop(chains);
         ctx.counters.drops.rxFiltered++;
         return RX_DELIVERED;
       }
@@ -316,7 +349,7 @@ export class NetRx {
       left -= take;
       used++;
     }
-    if (used < chains) q.unpop(chains - used);
+    this.consume(used);
     if (hdrLen >= NUM_BUFFERS_OFFSET + 2) first.writeU16(NUM_BUFFERS_OFFSET, mergeable ? used : 1);
     this.pending += used;
     ctx.counters.rxPackets++;

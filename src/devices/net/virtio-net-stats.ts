@@ -34,6 +34,8 @@ export interface VirtioNetStats {
   rxReadableCallbacks: number;
   /** RX pump runs that delivered at least one frame (each ends with at most one interrupt). */
   rxBatches: number;
+  /** Looks at the backend right after a TX bottom half sent frames that found a frame waiting (an answer made inside the writev). */
+  rxAfterTx: number;
   ctrlCommands: number;
   ctrlErrors: number;
   /** Control-queue runs that hit the burst limit and rescheduled themselves. */
@@ -67,7 +69,7 @@ export function emptyStats(): VirtioNetStats {
     txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, txKicks: 0, rxKicks: 0, ctrlKicks: 0, txKicksCoalesced: 0,
     txBhRuns: 0, txBurstReschedules: 0, txRaceRechecks: 0, txParked: 0, txResumed: 0,
     txInterrupts: 0, rxInterrupts: 0, ctrlInterrupts: 0, configInterrupts: 0,
-    rxStalls: 0, rxResumes: 0, rxReadableCallbacks: 0, rxBatches: 0, ctrlCommands: 0, ctrlErrors: 0, ctrlBurstReschedules: 0, backendErrors: 0,
+    rxStalls: 0, rxResumes: 0, rxReadableCallbacks: 0, rxBatches: 0, rxAfterTx: 0, ctrlCommands: 0, ctrlErrors: 0, ctrlBurstReschedules: 0, backendErrors: 0,
     drops: { txZeroLength: 0, txLinkDown: 0, txWriteError: 0, txPollError: 0, rxTruncated: 0, rxTooBig: 0, rxRunt: 0, rxFiltered: 0, rxReadError: 0 },
     deviceErrors: [], lastErrno: 0, backendLost: null,
   };

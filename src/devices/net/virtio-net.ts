@@ -219,7 +219,14 @@ export class VirtioNet implements NetPathContext, VirtioNetEventTarget {
 
   /** Pair `pair`'s TX bottom half (QEMU virtio_net_tx_bh). Public for tests. */
   txBhRun(pair = 0): void {
-    if (pair < this.activePairs) this.tx[pair].bottomHalf();
+    if (pair >= this.activePairs) return;
+    const sent = this.counters.txPackets;
+    this.tx[pair].bottomHalf();
+    // The host's stack handles a frame inside the writev that carries it, so an
+    // answer (an echo reply, an ACK) may already wait on this pair's backend
+    // queue: read it now, not after the main loop's next wake-up (vhost-net's
+    // busy poll of the RX socket from handle_tx, done once).
+    if (this.counters.txPackets !== sent) this.rx[pair].pollAfterTx();
   }
 
   /** The guest kicked pair `pair`'s RX queue. Public for tests. */

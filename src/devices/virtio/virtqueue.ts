@@ -163,6 +163,8 @@ export class Virtqueue {
 
   broken = false;
   brokenReason = '';
+  /** Counts activate() and reset() calls: a device holding popped chains knows they belong to an earlier ring. */
+  generation = 0;
 
   private isReady = false;
   // The size the views were built for: `size` is the transport's register and
@@ -216,11 +218,13 @@ export class Virtqueue {
     this.usedFlags.bindView(this.usedU16);
     this.qsize = size;
     this.isReady = true;
+    this.generation++;
     return true;
   }
 
   /** Back to the power-on state: not ready, indices zero, not broken. */
   reset(): void {
+    this.generation++;
     this.isReady = false;
     this.size = this.maxSize;
     this.qsize = 0;
