@@ -53,8 +53,9 @@ export class RunLoop {
     /**
      * With several vCPUs (src/vcpu/exit-forwarding.ts): the BSP's `server`
      * answers the APs' device exits; an AP's `forwarded` device carries them.
+     * `pollStart`: an AP waits for its SIPI outside KVM_RUN (kvm_pvm; see waitForStart).
      */
-    private readonly smp: { server?: MailboxServer; forwarded?: ForwardedDevice; vcpuId?: number } = {},
+    private readonly smp: { server?: MailboxServer; forwarded?: ForwardedDevice; vcpuId?: number; pollStart?: boolean } = {},
   ) {
     this.run = vcpu.run;
     this.runBytes = vcpu.runBytes;
@@ -91,7 +92,7 @@ export class RunLoop {
     const run = this.run;
     const counts = this.exitCounts;
     const server = this.smp.server ?? null;
-    if (this.smp.forwarded) {
+    if (this.smp.forwarded && this.smp.pollStart) {
       const stopped = this.waitForStart();
       if (stopped) return stopped;
     }
@@ -281,26 +282,34 @@ export class RunLoop {
    */
   private checkHalt(): void {
     Atomics.store(this.control, this.checkHaltWord, 0);
-    const state = this.vcpu.getMpState();
+    // Interrupts first, KVM_GET_MP_STATE only when they are off. A running guest
+    // nearly always has them on, and that ioctl is not free: where KVM offers MPX
+    // it swaps the vCPU's FPU state in and out (kvm_arch_vcpu_ioctl_get_mpstate).
+    // Under the lane's emulated SVM, frequent calls of it on other vCPUs were
+    // followed by vCPU 0 triple-faulting (docs/testing.md); QEMU never makes them.
+    const interruptsOn = (this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF)) !== 0n;
     const forwarded = this.smp.forwarded;
     if (forwarded) {
-      const neverStarted = state === abi.KVM_MP_STATE_UNINITIALIZED || state === abi.KVM_MP_STATE_INIT_RECEIVED;
-      forwarded.setHalted(neverStarted || (state === abi.KVM_MP_STATE_HALTED && !(this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF))));
+      // An AP the guest never started has interrupts off (its reset state) and counts as halted.
+      const state = interruptsOn ? -1 : this.vcpu.getMpState();
+      forwarded.setHalted(state === abi.KVM_MP_STATE_UNINITIALIZED || state === abi.KVM_MP_STATE_INIT_RECEIVED || state === abi.KVM_MP_STATE_HALTED);
       return;
     }
-    if (state !== abi.KVM_MP_STATE_HALTED) return;
-    if (this.vcpu.getRegs().rflags & BigInt(abi.X86_EFLAGS_IF)) return;
+    if (interruptsOn || this.vcpu.getMpState() !== abi.KVM_MP_STATE_HALTED) return;
     if (this.smp.server && !this.smp.server.allApsHalted()) return;
     this.finish({ kind: 'poweroff', message: 'the guest halted with interrupts disabled (a power-off or halt)' });
   }
 
   /**
-   * An AP before the guest starts it: KVM_GET_MP_STATE (which takes in a
-   * pending INIT or SIPI) every millisecond until it is runnable. Not
-   * KVM_RUN: kvm_pvm spins in it for an AP that waits for its SIPI, a core
-   * burnt for as long as the guest takes to boot its BSP (and that BSP then
-   * ran several times slower); hardware KVM would sleep there, but the wait
-   * here costs it nothing. Returns the end when stopped before starting.
+   * An AP before the guest starts it, on kvm_pvm: KVM_GET_MP_STATE (which
+   * takes in a pending INIT or SIPI) every millisecond until it is runnable.
+   * Not KVM_RUN: kvm_pvm spins in it for an AP that waits for its SIPI, a
+   * core burnt for as long as the guest takes to boot its BSP (and that BSP
+   * then ran several times slower). Hardware KVM sleeps there, so elsewhere
+   * an AP goes straight into KVM_RUN, as QEMU's do: in the hardware-KVM lane
+   * this polling was followed by vCPU 0 triple-faulting in 2 of 2 four-vCPU
+   * boots, and entering KVM_RUN instead by none (see checkHalt). Returns the
+   * end when stopped before starting.
    */
   private waitForStart(): RunEnd | null {
     for (;;) {

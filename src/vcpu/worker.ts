@@ -94,7 +94,7 @@ if (isBsp) {
 const server = isBsp && data.smp ? new MailboxServer(data.smp.mailbox, pio, mmio) : undefined;
 
 const syscalls = data.syscallCompletion ? new SyscallCompletion(vcpu, mem) : null;
-loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT, syscalls, { server, forwarded, vcpuId: data.smp ? data.vcpuId : undefined });
+loop = new RunLoop(vcpu, mem, pio, mmio, control, CONTROL_STOP, CONTROL_SAMPLE, CONTROL_CHECK_HALT, syscalls, { server, forwarded, vcpuId: data.smp ? data.vcpuId : undefined, pollStart: data.hostKind === 'kvm_pvm' });
 Atomics.store(control, CONTROL_RUNNING, 1);
 let message: VcpuExitMessage;
 try {
