@@ -2,7 +2,7 @@
 // tsvisor measured beside its references; every figure is a median with
 // min–max over the runs, and the reference runs alternate with tsvisor's.
 //   exits   exit round trip per kind against a C KVM_RUN loop (scripts/bench/exit-floor.c);
-//           and on two vCPUs: the BSP's exits with an idle AP, and both vCPUs exiting at once (`exit_smp.<kind>`)
+//           and on two vCPUs: the BSP's exits with an idle AP, and both vCPUs exiting at once (`exit_smp.<kind>`), also under QEMU -smp 2
 //   tx, rx  the packet path against the TAP syscall floor (scripts/bench/tap-floor.c)
 //   qemu    the same guest programs under QEMU (installed with apt-get when missing)
 //   linux   the default Linux guest: boot, VMM share, memory, host ping, and from its user space ping, syscalls/s, TCP both ways
@@ -119,16 +119,25 @@ async function main(): Promise<void> {
       json.exit = exit;
       // Two vCPUs (CPL0: an AP runs in ring 0): the BSP's path with SMP, and an AP's exits, forwarded to the BSP's thread.
       const smp: Record<string, unknown> = {};
+      // QEMU beside them, as it is beside the packet path (not in --quick, which runs no QEMU).
+      const smpQemuWhy = o.quick ? 'not in --quick' : ensureQemu(log);
+      if (smpQemuWhy && !o.quick) reasons.add('exit_smp.qemu', smpQemuWhy);
       for (const kind of SMP_EXIT_KINDS) {
-        log(`exits ${kind} (CPL0) on two vCPUs: ${exitN} exits, ${o.runs} run${o.runs > 1 ? 's' : ''} each of one vCPU, the BSP with an idle AP, and both exiting at once`);
-        const f = await exitBench.measureSmp(kind, exitN, o.runs, log);
+        log(`exits ${kind} (CPL0) on two vCPUs: ${exitN} exits, ${o.runs} run${o.runs > 1 ? 's' : ''} each of one vCPU, the BSP with an idle AP, and both exiting at once${smpQemuWhy ? '' : ', and both under QEMU -smp 2'}`);
+        const f = await exitBench.measureSmp(kind, exitN, o.runs, log, smpQemuWhy === null);
         smp[kind] = {
           one_vcpu_cycles: med(f.one), bsp_idle_ap_cycles: med(f.bspIdleAp), bsp_idle_ap_ratio: ratio(f.bspIdleAp, f.one),
-          bsp_cycles: med(f.bsp), ap_cycles: med(f.ap), ap_ratio: ratio(f.ap, f.one), detail: f,
+          bsp_cycles: med(f.bsp), ap_cycles: med(f.ap), ap_ratio: ratio(f.ap, f.one),
+          qemu_bsp_cycles: f.qemu ? med(f.qemu.bsp) : null, qemu_ap_cycles: f.qemu ? med(f.qemu.ap) : null,
+          ap_qemu_ratio: f.qemu ? ratio(f.ap, f.qemu.ap) : null, detail: f,
         };
         table.push(row([`exit ${kind} (CPL0), BSP of two vCPUs, the AP idle, guest cycles`, fmt(f.bspIdleAp, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.bspIdleAp, f.one)), 'within noise']));
         table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: BSP, guest cycles`, fmt(f.bsp, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.bsp, f.one)), '—']));
         table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: AP (forwarded), guest cycles`, fmt(f.ap, 0), `${fmt(f.one, 0)} (one vCPU)`, fmtRatio(ratio(f.ap, f.one)), '—']));
+        if (f.qemu) {
+          table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: BSP, tsvisor against QEMU, guest cycles`, fmt(f.bsp, 0), `${fmt(f.qemu.bsp, 0)} (QEMU -smp 2)`, fmtRatio(ratio(f.bsp, f.qemu.bsp)), '—']));
+          table.push(row([`exit ${kind} (CPL0), two vCPUs exiting at once: AP, tsvisor against QEMU, guest cycles`, fmt(f.ap, 0), `${fmt(f.qemu.ap, 0)} (QEMU -smp 2)`, fmtRatio(ratio(f.ap, f.qemu.ap)), '—']));
+        }
       }
       json.exit_smp = smp;
     }

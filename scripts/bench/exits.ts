@@ -11,6 +11,7 @@
 import { NetNamespace } from '../../src/net/netns.js';
 import { firmware, readStats, start, lastLine, TAP, tsvisorArgv, type Scratch } from './procs.js';
 import { summarize, type Summary } from './summary.js';
+import { qemuArgv } from './qemu.js';
 
 /** Where the guest programs run their data loops: ring 3 (`cpl3=1`, native on kvm_pvm) or ring 0. */
 export type Mode = 'cpl3' | 'cpl0';
@@ -42,7 +43,11 @@ export const SMP_EXIT_KINDS = ['pio_out', 'mmio_read', 'notify'] as const;
  * each of two vCPUs exiting at once (`smp=1`), the AP's exits forwarded to
  * the BSP's thread (src/vcpu/exit-forwarding.ts).
  */
-export interface SmpExitFigures { one: Summary | null; bspIdleAp: Summary | null; bsp: Summary | null; ap: Summary | null }
+export interface SmpExitFigures {
+  one: Summary | null; bspIdleAp: Summary | null; bsp: Summary | null; ap: Summary | null;
+  /** The same program under QEMU with -smp 2 (each vCPU thread handles its own exits under the big lock; notify on the exit path). */
+  qemu?: { bsp: Summary | null; ap: Summary | null };
+}
 const HIST_RE = /exits hist kind=\S+ n=\d+ overhead=(\d+) p50=(\d+) p90=(\d+) p99=(\d+) max=(\d+) buckets=(\S*)/;
 
 function parseHist(out: string): Histogram | null {
@@ -99,18 +104,34 @@ export class ExitBench {
     return smp ? each : [+one[2]];
   }
 
-  /** The three configurations of SmpExitFigures, alternated run by run. */
-  async measureSmp(kind: ExitKind, n: number, runs: number, log: (s: string) => void): Promise<SmpExitFigures> {
-    const one: number[] = [], idle: number[] = [], bsp: number[] = [], ap: number[] = [];
+  /** Both vCPUs of QEMU -smp 2 exiting at once: [BSP, AP] cycles per exit. */
+  private async qemuBoth(kind: ExitKind, n: number): Promise<number[]> {
+    const r = await start(qemuArgv(firmware('exits'), `kind=${kind} n=${n} smp=1`, { path: 'exit', cpus: 2 }), { ns: this.ns, timeoutMs: 300_000 }).done;
+    const each = [...r.stdout.matchAll(CPU_RE)].map((m) => +m[2]);
+    if (each.length !== 2) throw new Error(`QEMU exits ${kind} -smp 2 smp=1: no result (status ${r.status}): ${lastLine(r.stderr || r.stdout)}`);
+    return each;
+  }
+
+  /** The configurations of SmpExitFigures, alternated run by run; with `qemu`, QEMU's two vCPUs too. */
+  async measureSmp(kind: ExitKind, n: number, runs: number, log: (s: string) => void, qemu = false): Promise<SmpExitFigures> {
+    const one: number[] = [], idle: number[] = [], bsp: number[] = [], ap: number[] = [], qBsp: number[] = [], qAp: number[] = [];
     for (let i = 0; i < runs; i++) {
       one.push((await this.perCpu(kind, n, 1, false))[0]);
       idle.push((await this.perCpu(kind, n, 2, false))[0]);
       const both = await this.perCpu(kind, n, 2, true);
       bsp.push(both[0]);
       ap.push(both[1]);
-      log(`exits ${kind} (CPL0, vCPUs) run ${i + 1}/${runs}: one vCPU ${one[i]} cycles, BSP with an idle AP ${idle[i]}, both at once: BSP ${bsp[i]}, AP ${ap[i]}`);
+      if (qemu) {
+        const q = await this.qemuBoth(kind, n);
+        qBsp.push(q[0]);
+        qAp.push(q[1]);
+      }
+      log(`exits ${kind} (CPL0, vCPUs) run ${i + 1}/${runs}: one vCPU ${one[i]} cycles, BSP with an idle AP ${idle[i]}, both at once: BSP ${bsp[i]}, AP ${ap[i]}${qemu ? `; QEMU both at once: BSP ${qBsp[i]}, AP ${qAp[i]}` : ''}`);
     }
-    return { one: summarize(one), bspIdleAp: summarize(idle), bsp: summarize(bsp), ap: summarize(ap) };
+    return {
+      one: summarize(one), bspIdleAp: summarize(idle), bsp: summarize(bsp), ap: summarize(ap),
+      ...(qemu ? { qemu: { bsp: summarize(qBsp), ap: summarize(qAp) } } : {}),
+    };
   }
 
   /** Host ns per exit over the whole run. */

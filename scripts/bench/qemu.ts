@@ -25,8 +25,8 @@ export type NotifyPath = 'exit' | 'ioeventfd';
 type Vmm = 'tsvisor' | 'qemu';
 
 /** QEMU with KVM and a virtio-net-pci on the bench TAP (userspace backend, as tsvisor's), booting `kernel`. */
-export function qemuArgv(kernel: string, append: string, o: { path?: NotifyPath; memMiB?: number; initrd?: string } = {}): string[] {
-  return [QEMU, '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-m', String(o.memMiB ?? 64), '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
+export function qemuArgv(kernel: string, append: string, o: { path?: NotifyPath; memMiB?: number; initrd?: string; cpus?: number } = {}): string[] {
+  return [QEMU, '-accel', 'kvm', '-cpu', 'host,-arch-capabilities', '-m', String(o.memMiB ?? 64), '-smp', String(o.cpus ?? 1), '-display', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot',
     '-kernel', kernel, ...(o.initrd ? ['-initrd', o.initrd] : []), '-append', append, '-device', 'isa-debug-exit,iobase=0xf4,iosize=1',
     '-netdev', `tap,id=n0,ifname=${TAP},script=no,downscript=no,vhost=off`, '-device', `virtio-net-pci,netdev=n0,ioeventfd=${o.path === 'exit' ? 'off' : 'on'}`];
 }
