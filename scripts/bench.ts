@@ -120,11 +120,12 @@ async function main(): Promise<void> {
       // Two vCPUs (CPL0: an AP runs in ring 0): the BSP's path with SMP, and an AP's exits, forwarded to the BSP's thread.
       const smp: Record<string, unknown> = {};
       // QEMU beside them, as it is beside the packet path (not in --quick, which runs no QEMU).
-      const smpQemuWhy = o.quick ? 'not in --quick' : ensureQemu(log);
-      if (smpQemuWhy && !o.quick) reasons.add('exit_smp.qemu', smpQemuWhy);
+      const smpQemuWhy = o.quick ? null : ensureQemu(log);
+      if (smpQemuWhy) reasons.add('exit_smp.qemu', smpQemuWhy);
+      const smpQemu = !o.quick && smpQemuWhy === null;
       for (const kind of SMP_EXIT_KINDS) {
-        log(`exits ${kind} (CPL0) on two vCPUs: ${exitN} exits, ${o.runs} run${o.runs > 1 ? 's' : ''} each of one vCPU, the BSP with an idle AP, and both exiting at once${smpQemuWhy ? '' : ', and both under QEMU -smp 2'}`);
-        const f = await exitBench.measureSmp(kind, exitN, o.runs, log, smpQemuWhy === null);
+        log(`exits ${kind} (CPL0) on two vCPUs: ${exitN} exits, ${o.runs} run${o.runs > 1 ? 's' : ''} each of one vCPU, the BSP with an idle AP, and both exiting at once${smpQemu ? ', and both under QEMU -smp 2' : ''}`);
+        const f = await exitBench.measureSmp(kind, exitN, o.runs, log, smpQemu);
         smp[kind] = {
           one_vcpu_cycles: med(f.one), bsp_idle_ap_cycles: med(f.bspIdleAp), bsp_idle_ap_ratio: ratio(f.bspIdleAp, f.one),
           bsp_cycles: med(f.bsp), ap_cycles: med(f.ap), ap_ratio: ratio(f.ap, f.one),

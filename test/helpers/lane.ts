@@ -9,26 +9,31 @@ import type { Vm, VmExit } from '../../src/vm.js';
 
 export const inLane = process.env.TSVISOR_IN_LANE === '1';
 
+/** The shutdown KVM on SVM reports: a triple fault with the vCPU already reset. */
+const SVM_SHUTDOWN = /KVM reset its registers/;
+
+/** Runs `attempt`; in the lane, once more when `shutdown` says it ended in an SVM shutdown, logging `tail` of the first. */
+async function onceMoreInLane<T>(t: ExecutionContext, attempt: () => Promise<T>, shutdown: (r: T) => boolean, tail: (r: T) => string): Promise<T> {
+  const first = await attempt();
+  if (!inLane || !shutdown(first)) return first;
+  t.log(`the lane's emulated SVM shut the guest down; running it once more. Its last lines:\n${tail(first)}`);
+  return attempt();
+}
+
+const lastLines = (text: string) => text.split('\n').slice(-15).join('\n');
+
 /** Boots (with `boot`) and waits for the end; in the lane, a second boot after an SVM shutdown. */
-export async function bootToEnd(t: ExecutionContext, boot: () => Promise<Vm>): Promise<{ vm: Vm; exit: VmExit }> {
-  for (let attempt = 1; ; attempt++) {
+export function bootToEnd(t: ExecutionContext, boot: () => Promise<Vm>): Promise<{ vm: Vm; exit: VmExit }> {
+  return onceMoreInLane(t, async () => {
     const vm = await boot();
     t.teardown(() => vm.stop());
-    const exit = await vm.exited;
-    const laneShutdown = inLane && exit.kind === 'triple-fault' && /KVM reset its registers/.test(exit.reason);
-    if (!laneShutdown || attempt === 2) return { vm, exit };
-    t.log(`the lane's emulated SVM shut the guest down (${exit.reason}); booting it once more. Its last lines:\n${vm.console.output.split('\n').slice(-15).join('\n')}`);
-  }
+    return { vm, exit: await vm.exited };
+  }, (r) => r.exit.kind === 'triple-fault' && SVM_SHUTDOWN.test(r.exit.reason), (r) => `${lastLines(r.vm.console.output)}\n${r.exit.reason}`);
 }
 
 type CliResult = { status: number | null; stdout: string; stderr: string };
 
-/** The same for a run of the CLI (`run` gives its result): once more in the lane after an SVM shutdown (status 3). */
-export async function runToEnd(t: ExecutionContext, run: () => Promise<CliResult>): Promise<CliResult> {
-  for (let attempt = 1; ; attempt++) {
-    const r = await run();
-    const laneShutdown = inLane && r.status === 3 && /KVM reset its registers/.test(r.stderr);
-    if (!laneShutdown || attempt === 2) return r;
-    t.log(`the lane's emulated SVM shut the guest down; running it once more. Its last lines:\n${r.stdout.split('\n').slice(-15).join('\n')}\n${r.stderr.trim()}`);
-  }
+/** The same for a run of the CLI (`run` gives its result; status 3 is a triple fault). */
+export function runToEnd(t: ExecutionContext, run: () => Promise<CliResult>): Promise<CliResult> {
+  return onceMoreInLane(t, run, (r) => r.status === 3 && SVM_SHUTDOWN.test(r.stderr), (r) => `${lastLines(r.stdout)}\n${r.stderr.trim()}`);
 }
